@@ -1,0 +1,1 @@
+"""ort3d.kernels: Triton kernels, each beside a pure-torch reference of the same name."""
