@@ -23,6 +23,7 @@ import torch
 
 from ort3d.models.adapter import Adapter
 from ort3d.models.lgm import LGM
+from ort3d.models.mv_unet import MVModel
 from ort3d.models.presets import TINY
 from ort3d.models.weights import init_deterministic
 
@@ -110,3 +111,87 @@ def test_lgm_forward_gaussians_matches_authors(tmp_path):
         gaussians = lgm.forward_gaussians(from_recipe(fixture["images_recipe"]),
                                           torch.tensor(fixture["timestep"]), cams["c2w"], cams["fov"])
     assert_close(gaussians, fixture["gaussians"], "LGM Gaussians")
+
+
+# ------------------------------------------------------------------------------------------------
+# MVModel: (a) CFG batch B=2 with the Q1 context bug of diffusers 0.25 -> q1_compat=True;
+# (b) each CFG half run alone by the authors (B=1, no Q1) -> default mode.
+
+@pytest.fixture(scope="module")
+def mv_model(tmp_path_factory):
+    reference = init_deterministic(MVModel.from_preset(TINY), TINY.seed, "mv")
+    path = tmp_path_factory.mktemp("ckpt") / "mv_model_unet.pth"
+    return load_as_released(reference, MVModel.from_preset(TINY), path)
+
+
+def mv_call(model, inputs: dict, batch: slice, hoisted: bool, q1_compat: bool) -> torch.Tensor:
+    """ort3d's MVModel on the fixture inputs, either as the authors call theirs (cond maps,
+    cameras) or with the per-image constants precomputed as the runtime does."""
+    sample = inputs["sample"][batch]
+    n, frames = sample.shape[:2]
+    context = inputs["encoder_hidden_states"][batch]
+    cams = inputs["cameras"]
+    maps = [from_recipe(r) for r in inputs["cond_recipes"]]          # [1, F, 3, H, W] each
+    args = (sample, torch.tensor(inputs["timestep"]), context, inputs["added_time_ids"][batch])
+    with torch.no_grad():
+        if not hoisted:
+            cameras = {"intrinsics": cams["intrinsics"].expand(n, -1, -1, -1),
+                       "extrinsics": cams["c2w"].expand(n, -1, -1, -1)}
+            return model(*args, cond=[m.expand(n, -1, -1, -1, -1) for m in maps],
+                         cameras=cameras, q1_compat=q1_compat)
+        plucker = model.plucker_embeddings(cams["intrinsics"][0], cams["c2w"][0], sample.shape[-1])
+        features = model.adapter_features(maps[0][0], maps[1][0])
+        constants = model.context_constants(context, q1_compat=q1_compat)
+        return model(*args, adapter_features=features, plucker=plucker, context=constants,
+                     q1_compat=q1_compat)
+
+
+@pytest.mark.parametrize("hoisted", [False, True], ids=["as-authors", "hoisted-constants"])
+def test_mv_cfg_batch_q1_compat_matches_authors_diffusers_025(mv_model, hoisted):
+    fixture = load_fixture("parity_mv_cfg.pt")
+    check_same_weights(mv_model, fixture["meta"])
+    out = mv_call(mv_model, fixture["inputs"], slice(0, 2), hoisted, q1_compat=True)
+    assert_close(out, fixture["output"], "MVModel B=2 q1_compat=True")
+
+
+@pytest.mark.parametrize("hoisted", [False, True], ids=["as-authors", "hoisted-constants"])
+def test_mv_default_mode_matches_authors_single_batch(mv_model, hoisted):
+    fixture = load_fixture("parity_mv_single.pt")
+    inputs, halves = fixture["inputs"], fixture["outputs"]
+    for b in range(2):
+        out = mv_call(mv_model, inputs, slice(b, b + 1), hoisted, q1_compat=False)
+        assert_close(out, halves[b], f"MVModel B=1 (CFG half {b})")
+    # Without Q1 the CFG halves are independent: B=2 gives the two B=1 results.
+    out = mv_call(mv_model, inputs, slice(0, 2), hoisted, q1_compat=False)
+    assert_close(out, torch.cat(halves), "MVModel B=2 default mode")
+
+
+def test_fixtures_tell_q1_modes_apart():
+    """Passing the q1_compat test cannot imply passing the default one: the authors' B=2 (Q1)
+    and B=1 outputs of the same CFG half differ by far more than the tolerance."""
+    cfg = load_fixture("parity_mv_cfg.pt")["output"]
+    single = load_fixture("parity_mv_single.pt")["outputs"]
+    for b in range(2):
+        assert ((cfg[b] - single[b][0]).norm() / single[b][0].norm()).item() > 0.1
+
+
+def test_mv_plucker_embeddings_match_authors(mv_model):
+    fixture = load_fixture("parity_mv_single.pt")
+    cams = fixture["inputs"]["cameras"]
+    with torch.no_grad():
+        ours = mv_model.plucker_embeddings(cams["intrinsics"][0], cams["c2w"][0], TINY.latent_size)
+    assert len(ours) == len(fixture["plucker"]) == 9
+    names = ["down0", "down1", "down2", "down3", "mid", "up0", "up1", "up2", "up3"]
+    for name, mine, theirs in zip(names, ours, fixture["plucker"]):
+        assert_close(mine, theirs, f"Plücker embedding {name}")
+
+
+def test_mv_adapter_features_match_authors(mv_model):
+    fixture = load_fixture("parity_mv_single.pt")
+    rgb, ccm = (from_recipe(r)[0] for r in fixture["inputs"]["cond_recipes"])
+    with torch.no_grad():
+        ours = mv_model.adapter_features(rgb, ccm)
+    for k, (mine, theirs) in enumerate(zip(ours, fixture["adapter_features"])):
+        assert len(mine) == len(theirs) == 4
+        for level, (a, b) in enumerate(zip(mine, theirs)):
+            assert_close(a, b, f"cond_encoder.{k} feature {level}")
