@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -161,6 +162,8 @@ def remove_background(rgb: np.ndarray, model: str, source: str = "input image") 
 
     Only runs with a model file already on disk; rembg is never allowed to download one.
     """
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", model):
+        raise InputError(f"{source}: --rembg expects a rembg model name such as u2net, got {model!r}")
     try:
         import rembg
     except ImportError:

@@ -107,6 +107,8 @@ def test_rembg_request_without_package_or_model(tmp_path, monkeypatch):
     except ImportError:
         assert "pip install rembg" in message
     assert not (tmp_path / "models").exists()  # nothing was downloaded or created
+    with pytest.raises(InputError, match="model name"):
+        preprocess(path, 16, rembg_model="../../etc/passwd")
 
 
 def test_rembg_model_locations_follow_its_environment(monkeypatch, tmp_path):
