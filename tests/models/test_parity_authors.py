@@ -22,9 +22,10 @@ import pytest
 import torch
 
 from ort3d.models.adapter import Adapter
-from ort3d.models.lgm import LGM
-from ort3d.models.mv_unet import MVModel
+from ort3d.models.lgm import LGM, lgm_config_from_state_dict
+from ort3d.models.mv_unet import MVModel, mv_config_from_state_dict
 from ort3d.models.presets import TINY
+from ort3d.models.state_files import load_state_file, load_weights, params_on_meta
 from ort3d.models.weights import init_deterministic
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -80,13 +81,15 @@ def assert_close(ours: torch.Tensor, theirs: torch.Tensor, what: str) -> None:
     assert rel <= REL_TOL, f"{what}: relative error {rel:.2e} > {REL_TOL:.0e}"
 
 
-def load_as_released(module: torch.nn.Module, fresh: torch.nn.Module, path: Path) -> torch.nn.Module:
-    """Write `module`'s weights in the authors' file format and load them into `fresh` strictly,
-    the way a released checkpoint file is read."""
+def load_as_released(module: torch.nn.Module, build, path: Path) -> torch.nn.Module:
+    """Write `module`'s weights in the authors' file format (torch.save of the state dict) and
+    read them back the way ort3d reads a released checkpoint: `load_state_file`, a network built
+    on the meta device by `build`, strict key/shape check and load."""
     torch.save(module.state_dict(), path)
-    state = torch.load(path, weights_only=True)
-    fresh.load_state_dict(state, strict=True)
-    return fresh.eval()
+    state = load_state_file(path)
+    with params_on_meta():
+        fresh = build(state)
+    return load_weights(fresh, state, path)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -104,7 +107,13 @@ def test_adapter_matches_authors_adapter_xl():
 
 def test_lgm_forward_gaussians_matches_authors(tmp_path):
     fixture = load_fixture("parity_lgm.pt")
-    lgm = load_as_released(LGM.from_preset(TINY), LGM(TINY.lgm), tmp_path / "recon_model.pth")
+
+    def build(state):   # the architecture comes from the file, as for a released checkpoint
+        config = lgm_config_from_state_dict(state, TINY.lgm)
+        assert config == TINY.lgm
+        return LGM(config)
+
+    lgm = load_as_released(LGM.from_preset(TINY), build, tmp_path / "recon_model.pth")
     check_same_weights(lgm, fixture["meta"])
     cams = fixture["cameras"]
     with torch.no_grad():
@@ -119,9 +128,14 @@ def test_lgm_forward_gaussians_matches_authors(tmp_path):
 
 @pytest.fixture(scope="module")
 def mv_model(tmp_path_factory):
+    def build(state):   # adapter widths and depth come from the file, as for a released checkpoint
+        channels, blocks = mv_config_from_state_dict(state, TINY.unet)
+        assert (channels, blocks) == (TINY.adapter_channels, TINY.adapter_blocks)
+        return MVModel(TINY.unet, channels, blocks)
+
     reference = init_deterministic(MVModel.from_preset(TINY), TINY.seed, "mv")
     path = tmp_path_factory.mktemp("ckpt") / "mv_model_unet.pth"
-    return load_as_released(reference, MVModel.from_preset(TINY), path)
+    return load_as_released(reference, build, path)
 
 
 def mv_call(model, inputs: dict, batch: slice, hoisted: bool, q1_compat: bool) -> torch.Tensor:
