@@ -1,0 +1,92 @@
+"""MVModel state-dict layout = the released mv_model_unet.pth (SPEC §1.2), and checkpoint config inference."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ort3d.models.mv_unet import MVCheckpointError, MVModel, mv_config_from_state_dict, plucker_widths
+from ort3d.models.presets import FULL, TINY, unet_config
+
+FULL_KEYS = Path(__file__).resolve().parents[1] / "data" / "full_keys_mv.json"
+
+
+def meta_state(preset) -> dict:
+    with torch.device("meta"):
+        return MVModel.from_preset(preset).state_dict()
+
+
+@pytest.fixture(scope="module")
+def full_state():
+    return meta_state(FULL)
+
+
+def test_full_keys_and_shapes_equal_released_checkpoint(full_state):
+    released = json.loads(FULL_KEYS.read_text())["keys"]
+    assert [[k, list(v.shape)] for k, v in full_state.items()] == released   # order included
+    assert len(released) == 1572
+
+
+# Layers that exist only where a width changes between UNet levels 1 and 2 (FULL: 640 -> 1280).
+WIDTH_CHANGE_1_TO_2 = {
+    "unet.down_blocks.2.resnets.0.spatial_res_block.conv_shortcut.weight",
+    "unet.down_blocks.2.resnets.0.spatial_res_block.conv_shortcut.bias",
+    *(f"cond_encoder.{k}.body.6.in_conv.{p}" for k in (0, 1) for p in ("weight", "bias")),
+}
+
+
+def test_tiny_key_names_are_full_ones(full_state):
+    """TINY keeps levels 1 and 2 both 64 wide, so it lacks exactly the 6 layers that FULL's
+    640 -> 1280 change creates; everything else has FULL's names in FULL's order."""
+    tiny = list(meta_state(TINY))
+    assert set(full_state) - set(tiny) == WIDTH_CHANGE_1_TO_2
+    assert tiny == [k for k in full_state if k not in WIDTH_CHANGE_1_TO_2]
+
+
+def test_small_widths_with_full_width_changes_give_full_key_names(full_state):
+    widths = (32, 64, 128, 128)
+    preset = TINY.replace(unet=unet_config(widths, (1, 2, 4, 4), 32, 16, 16), adapter_channels=widths)
+    assert list(meta_state(preset)) == list(full_state)
+
+
+@pytest.mark.parametrize("preset", [FULL, TINY], ids=["full", "tiny"])
+def test_plucker_widths_follow_the_preset_formula(preset):
+    assert plucker_widths(preset.unet["block_out_channels"]) == preset.plucker_channels
+
+
+@pytest.mark.parametrize("preset", [FULL, TINY], ids=["full", "tiny"])
+def test_config_inferred_from_state_dict(preset):
+    channels, blocks = mv_config_from_state_dict(meta_state(preset), preset.unet)
+    assert channels == tuple(preset.adapter_channels) and blocks == preset.adapter_blocks
+
+
+def test_config_inference_names_the_first_bad_key():
+    state = meta_state(TINY)
+    key = "unet.down_blocks.1.resnets.0.spatial_res_block.conv1.weight"
+    wrong = dict(state, **{key: torch.empty(7, 32, 3, 3, device="meta")})
+    with pytest.raises(MVCheckpointError, match=rf"'{key}' has shape \(7, 32, 3, 3\)"):
+        mv_config_from_state_dict(wrong, TINY.unet)
+
+    missing = {k: v for k, v in state.items() if k != "mid_plucker.embed.2.bias"}
+    with pytest.raises(MVCheckpointError, match="missing key 'mid_plucker.embed.2.bias'"):
+        mv_config_from_state_dict(missing, TINY.unet)
+
+    extra = dict(state, **{"harm_embed._frequencies": torch.empty(6, device="meta")})
+    with pytest.raises(MVCheckpointError, match="unexpected key 'harm_embed._frequencies'"):
+        mv_config_from_state_dict(extra, TINY.unet)
+
+    # A FULL checkpoint against the tiny config fails at the very first key.
+    with pytest.raises(MVCheckpointError, match="'unet.conv_in.weight' has shape"):
+        mv_config_from_state_dict(meta_state(FULL), TINY.unet)
+
+
+def test_adapter_block_count_must_fill_the_stages():
+    state = {k: v for k, v in meta_state(TINY).items() if not k.startswith("cond_encoder.0.body.11.")}
+    with pytest.raises(MVCheckpointError, match="multiple of 4 stages"):
+        mv_config_from_state_dict(state, TINY.unet)
+
+
+def test_adapter_widths_must_match_unet_levels():
+    with pytest.raises(ValueError, match="adapter_channels"):
+        MVModel(TINY.unet, (32, 64, 64, 32), TINY.adapter_blocks)
