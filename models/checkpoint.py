@@ -68,7 +68,7 @@ def _random_models(preset: Preset, device, dtype) -> Models:
     for name, module in (("mv", mv), ("lgm", lgm), ("vae", vae), ("clip", clip)):
         sources[name] = f"random weights (seed {preset.seed})"
         load_weights(module, deterministic_state_dict(module, preset.seed, name), sources[name], device, dtype)
-    return Models(preset, mv, lgm, vae, ImageEncoder(clip).to(device), ScheduleConfig(), sources)
+    return Models(preset, mv, lgm, vae, ImageEncoder(clip).to(device).eval(), ScheduleConfig(), sources)
 
 
 def _find_state_file(folder: Path, stem: str) -> Path:
@@ -118,7 +118,7 @@ def _checkpoint_models(preset: Preset, checkpoint_dir: Path, svd_dir: Path, devi
     state = load_state_file(svd.clip_weights)
     state = {k: v for k, v in state.items() if k not in _LEGACY_CLIP_KEYS}
     load_weights(clip, state, svd.clip_weights, device, dtype)
-    encoder = ImageEncoder(clip, svd.image_mean, svd.image_std).to(device)
+    encoder = ImageEncoder(clip, svd.image_mean, svd.image_std).to(device).eval()
 
     preset = preset.replace(unet=svd.unet_config, adapter_channels=adapter_channels,
                             adapter_blocks=adapter_blocks, lgm=lgm_config, vae=svd.vae_config,

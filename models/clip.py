@@ -72,5 +72,5 @@ class ImageEncoder(nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         y = resize_with_antialiasing(image, (self.image_size, self.image_size))
         y = (y + 1.0) / 2.0                  # no clamp, as SVD
-        y = (y - self.mean) / self.std
-        return self.clip(pixel_values=y).image_embeds.unsqueeze(1)
+        y = (y - self.mean) / self.std       # float32 statistics, as the numpy feature extractor
+        return self.clip(pixel_values=y.to(self.clip.dtype)).image_embeds.unsqueeze(1)

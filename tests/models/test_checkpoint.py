@@ -111,13 +111,18 @@ def test_real_folders_load_exact_weights(folders, file_states):
 
 
 def test_random_weights_without_folders_come_from_the_preset_seed():
-    models = build_models(TINY.replace(seed=5))
+    models = build_models(TINY.replace(seed=5), dtype=torch.bfloat16)
     assert models.sources["mv"] == "random weights (seed 5)"
     for name, module in (("mv", models.mv), ("lgm", models.lgm), ("vae", models.vae),
                          ("clip", models.image_encoder.clip)):
         for key, value in list(module.state_dict().items())[:3]:
-            assert torch.equal(value, deterministic_tensor(5, name, key, value.shape)), key
-    assert models.image_encoder.mean.flatten().tolist() == pytest.approx(CLIP_MEAN)
+            expected = deterministic_tensor(5, name, key, value.shape).to(torch.bfloat16)
+            assert torch.equal(value, expected), key
+    # non-persistent buffers keep their dtype; the encoder still runs on a float32 image
+    encoder = models.image_encoder
+    assert encoder.mean.dtype == torch.float32 and encoder.mean.flatten().tolist() == pytest.approx(CLIP_MEAN)
+    with torch.no_grad():
+        assert encoder(torch.zeros(1, 3, 128, 128)).dtype == torch.bfloat16
 
 
 def test_other_file_variants_are_accepted(folders, file_states, tmp_path):
