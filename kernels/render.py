@@ -135,15 +135,13 @@ def project_gaussians(gaussians: Tensor, w2c: Tensor, K: Tensor, height: int, wi
 
     valid = in_front & nonsingular & torch.isfinite(radius)
     radius = torch.where(valid, radius, torch.zeros_like(radius))
-    safe_means = torch.where(valid.unsqueeze(-1), means2d, torch.zeros_like(means2d))
-    rect_min, rect_max = _tile_rect(safe_means, radius, height, width)
-    valid &= ((rect_max - rect_min).prod(-1) != 0)
+    means2d = torch.where(valid.unsqueeze(-1), means2d, torch.zeros_like(means2d))
+    rect_min, rect_max = _tile_rect(means2d, radius, height, width)
+    valid &= (rect_max - rect_min).prod(-1) != 0          # an empty rect touches no tile: culled
     keep = valid.unsqueeze(-1)
-    return Projected(
-        means2d=means2d * keep, conic=conic * keep,
-        radius=torch.where(valid, radius, torch.zeros_like(radius)).to(torch.int32),
-        depth=p_view[..., 2] * valid,
-        rect_min=rect_min * keep, rect_max=rect_max * keep, valid=valid)
+    return Projected(means2d=means2d * keep, conic=conic * keep, radius=(radius * valid).to(torch.int32),
+                     depth=p_view[..., 2] * valid, rect_min=rect_min * keep, rect_max=rect_max * keep,
+                     valid=valid)
 
 
 def _tile_rect(means2d: Tensor, radius: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
