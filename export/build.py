@@ -1,0 +1,184 @@
+"""Build an artefact folder: ONNX graphs, optionally verified, and TensorRT engines where
+TensorRT is installed, recorded in one manifest (the programmatic core of build_engines.py).
+
+Each network is exported, checked and (if asked) verified, then its engine is built, and the
+manifest is rewritten after every network, so an interrupted build keeps what it finished. An
+artefact is reused only through `cache.decide` (same key, same sha256 on disk).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ort3d.export import trt_build
+from ort3d.export.cache import CacheDecision, artefact_sha256, decide, module_sha256
+from ort3d.export.errors import ExportError
+from ort3d.export.manifest import MANIFEST_NAME, new_manifest, read_manifest, write_manifest
+from ort3d.export.onnx_export import OPSET, export_onnx
+from ort3d.export.specs import NETWORK_NAMES, NetworkSpec, network_specs
+from ort3d.export.verify import VerifyRow, verify_network
+from ort3d.models.version import __version__
+
+PRECISIONS = ("fp16", "bf16", "fp32")
+TIMING_CACHE_DIR = "timing-caches"
+
+
+@dataclass
+class BuildOptions:
+    precision: str = "fp16"
+    onnx_only: bool = False
+    verify: bool = False
+    verify_seed: int = 0
+    simplify_networks: tuple[str, ...] = NETWORK_NAMES    # onnxslim pass for these networks
+    q1_compat: bool = False
+    networks: tuple[str, ...] = NETWORK_NAMES
+    workspace_bytes: int = trt_build.DEFAULT_WORKSPACE_BYTES
+    opset: int = OPSET
+
+
+@dataclass
+class BuildReport:
+    manifest_path: Path
+    engines: bool                         # whether engines were (re)built or reused this run
+    tensorrt_missing: str | None          # why not, when TensorRT is unavailable
+    verify_rows: list[VerifyRow] = field(default_factory=list)
+    decisions: dict[str, dict[str, CacheDecision]] = field(default_factory=dict)
+
+
+def _previous_manifest(path: Path, log) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        return read_manifest(path)
+    except ExportError as err:   # a broken old manifest only means nothing can be reused
+        log(f"note: ignoring the existing manifest, nothing will be reused: {err}")
+        return None
+
+
+def onnx_key(spec: NetworkSpec, module: torch.nn.Module, opset: int, simplify: bool) -> dict:
+    return {"weights_sha256": module_sha256(module), "shapes": spec.shapes(), "opset": opset,
+            "options": {**spec.options, "onnxslim": simplify}, "torch_version": torch.__version__,
+            "ort3d_version": __version__}
+
+
+def engine_key(spec: NetworkSpec, onnx_sha256: str, flags: list[str], identity: dict) -> dict:
+    return {"onnx_sha256": onnx_sha256, "shapes": spec.shapes(), "precision_flags": list(flags),
+            "tensorrt_version": identity["tensorrt_version"], "gpu_name": identity["gpu_name"],
+            "compute_capability": identity["compute_capability"], "ort3d_version": __version__}
+
+
+def _carried_engine(previous: dict | None, onnx_sha256: str, spec: NetworkSpec) -> dict | None:
+    """Without TensorRT here, keep a previously built engine only if it was built from this
+    very graph (its identity fields are checked by whoever loads it)."""
+    if previous is None:
+        return None
+    key = previous["key"]
+    if (key["onnx_sha256"], key["shapes"], key["ort3d_version"]) == (onnx_sha256, spec.shapes(), __version__):
+        return previous
+    return None
+
+
+def build_artefacts(models, out_dir: str | Path, options: BuildOptions | None = None,
+                    log: Callable[[str], None] = print, identity: dict | None = None,
+                    engine_builder: Callable | None = None) -> BuildReport:
+    """models: ort3d.models.checkpoint.Models (.mv, .lgm, .vae, .image_encoder, .preset, .schedule).
+
+    identity / engine_builder default to this host's TensorRT and `trt_build.build_engine`;
+    tests pass their own to exercise the cache without a GPU."""
+    options = options or BuildOptions()
+    if options.precision not in PRECISIONS:
+        raise ExportError(f"--precision: {options.precision!r} is not one of {PRECISIONS}")
+    unknown = [n for n in options.networks if n not in NETWORK_NAMES]
+    if unknown:
+        raise ExportError(f"--networks: unknown network {unknown[0]!r}; choose from {NETWORK_NAMES}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest_path = out_dir / MANIFEST_NAME
+    previous = _previous_manifest(manifest_path, log)
+    previous_nets = previous["networks"] if previous else {}
+
+    missing = None
+    if not options.onnx_only and engine_builder is None:
+        missing = trt_build.tensorrt_missing_reason()
+        if missing:
+            log(f"TensorRT unavailable: {missing}; writing ONNX graphs only "
+                "(build engines later on a GPU host with TensorRT 10)")
+    build_engines = not options.onnx_only and missing is None
+    if build_engines:
+        identity = identity or trt_build.host_identity()
+        engine_builder = engine_builder or trt_build.build_engine
+
+    specs = network_specs(models.preset, q1_compat=options.q1_compat)
+    manifest = new_manifest(models.preset.name, options.precision, dataclasses.asdict(models.schedule))
+    # Networks not rebuilt this time keep their entries (a --networks subset).
+    manifest["networks"] = {k: v for k, v in previous_nets.items()
+                            if k in NETWORK_NAMES and k not in options.networks}
+    report = BuildReport(manifest_path, build_engines, missing)
+    total = len(options.networks)
+    for index, name in enumerate(n for n in NETWORK_NAMES if n in options.networks):
+        spec, old = specs[name], previous_nets.get(name, {})
+        tag = f"[{index + 1}/{total}] {name:<13}"
+        module = spec.module_for_export(models).eval()
+        onnx_entry, onnx_decision = _onnx(spec, module, out_dir, old.get("onnx"), options, tag, log)
+        decisions = {"onnx": onnx_decision}
+        if options.verify:
+            started = time.perf_counter()
+            rows = verify_network(spec, module, out_dir / onnx_entry["file"], options.verify_seed)
+            report.verify_rows.extend(rows)
+            worst = max(r.relative_error for r in rows)
+            log(f"{tag} verify: worst relative error {worst:.2e} "
+                f"({'ok' if all(r.passed for r in rows) else 'FAIL'}, {time.perf_counter() - started:.1f} s)")
+        if build_engines:
+            engine, decisions["engine"] = _engine(spec, onnx_entry, out_dir, old.get("engine"),
+                                                  options, identity, engine_builder, tag, log)
+        else:
+            engine = _carried_engine(old.get("engine"), onnx_entry["sha256"], spec)
+        report.decisions[name] = decisions
+        manifest["networks"][name] = {**spec.io_table(), "options": dict(spec.options),
+                                      "onnx": onnx_entry, "engine": engine}
+        write_manifest(manifest_path, manifest)
+        del module
+    log(f"manifest: {manifest_path}")
+    return report
+
+
+def _onnx(spec, module, out_dir, previous, options, tag, log):
+    simplify = spec.name in options.simplify_networks
+    key = onnx_key(spec, module, options.opset, simplify)
+    decision = decide(previous, key, out_dir)
+    if decision.reuse:
+        log(f"{tag} onnx: reused ({decision.reason})")
+        return previous, decision
+    log(f"{tag} onnx: exporting ({decision.reason}) ...")
+    artefact = export_onnx(spec, module, out_dir, opset=options.opset, simplify=simplify)
+    log(f"{tag} onnx: {artefact.file}, {artefact.nodes} nodes, {artefact.seconds:.1f} s")
+    entry = {"file": artefact.file, "external_data": artefact.external_data,
+             "sha256": artefact.sha256, "opset": artefact.opset, "key": key}
+    return entry, decision
+
+
+def _engine(spec, onnx_entry, out_dir, previous, options, identity, builder, tag, log):
+    precision, flags = trt_build.engine_precision(spec, options.precision,
+                                                  identity["compute_capability"])
+    key = engine_key(spec, onnx_entry["sha256"], flags, identity)
+    decision = decide(previous, key, out_dir)
+    if decision.reuse:
+        log(f"{tag} engine: reused ({decision.reason})")
+        return previous, decision
+    note = f", {precision} instead of {options.precision}" if precision != options.precision else ""
+    log(f"{tag} engine: building {precision}{note} ({decision.reason}) ...")
+    started = time.perf_counter()
+    engine_file = f"{spec.name}.plan"
+    cache = trt_build.timing_cache_path(out_dir / TIMING_CACHE_DIR, identity)
+    builder(out_dir / onnx_entry["file"], spec, flags, out_dir / engine_file, cache,
+            options.workspace_bytes)
+    entry = {"file": engine_file, "sha256": artefact_sha256(out_dir, [engine_file]),
+             "precision": precision, "key": key}
+    log(f"{tag} engine: {engine_file} in {time.perf_counter() - started:.1f} s")
+    return entry, decision

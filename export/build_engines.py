@@ -1,0 +1,119 @@
+"""`python export/build_engines.py`: a checkpoint (or the built-in tiny model) -> one ONNX graph
+per network, TensorRT engines where TensorRT is installed, and the manifest that ties them.
+
+    python export/build_engines.py --preset tiny --out engines/tiny --verify
+    python export/build_engines.py --checkpoint CKPT --svd SVD --out engines/full --precision fp16
+
+Also runnable as `python -m ort3d.export.build_engines`. Bad input (missing or broken files,
+impossible settings) prints one line on stderr and exits with code 2; a failed --verify exits 1.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __name__ == "__main__" and not __package__:
+    # Run as a script: drop this folder from sys.path so its module names (specs, cache, ...)
+    # cannot shadow other packages; everything is imported as ort3d.export.* below.
+    here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
+
+import argparse
+import os
+import secrets
+import time
+
+EXIT_OK, EXIT_VERIFY_FAILED, EXIT_INPUT = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ort3d.export.build import PRECISIONS
+    from ort3d.export.specs import NETWORK_NAMES
+
+    p = argparse.ArgumentParser(
+        prog="build_engines.py",
+        description="Export ONNX graphs (and TensorRT engines where TensorRT is installed) for "
+                    "every ort3d network, with a manifest. Without --checkpoint/--svd it uses "
+                    "the built-in tiny model (random weights).")
+    p.add_argument("--checkpoint", default=os.environ.get("ORT3D_CHECKPOINT"),
+                   help="Ouroboros3D folder with mv_model_unet.pth and recon_model.pth "
+                        "(env ORT3D_CHECKPOINT)")
+    p.add_argument("--svd", default=os.environ.get("ORT3D_SVD"),
+                   help="SVD img2vid base folder in diffusers layout (env ORT3D_SVD)")
+    p.add_argument("--preset", choices=("tiny", "full"), default=None,
+                   help="model shapes; default: full with a checkpoint, tiny without")
+    p.add_argument("--out", default="ort3d_engines", help="artefact folder (default ./ort3d_engines)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp16",
+                   help="engine precision (the ONNX graphs are fp32); VAE nets fall back from "
+                        "fp16 to bf16 (fp32 before compute capability 8.0)")
+    p.add_argument("--onnx-only", action="store_true", help="export ONNX graphs, build no engines")
+    p.add_argument("--verify", action="store_true",
+                   help="run every graph in ONNX Runtime (CPU) against the eager model on fresh "
+                        "random inputs and print the errors")
+    p.add_argument("--verify-seed", type=int, default=None,
+                   help="seed of the --verify inputs (default: a new random seed, printed)")
+    p.add_argument("--networks", default=",".join(NETWORK_NAMES),
+                   help=f"comma-separated subset of {','.join(NETWORK_NAMES)}")
+    p.add_argument("--q1-compat", action="store_true",
+                   help="bake diffusers 0.25's CFG temporal-context interleaving (SPEC Q1) into the UNet")
+    p.add_argument("--no-simplify", action="store_true", help="skip the onnxslim pass")
+    p.add_argument("--workspace-gb", type=float, default=8.0, help="TensorRT workspace pool limit")
+    p.add_argument("--device", default="cpu", help="where the eager models run for export (cpu, cuda)")
+    return p
+
+
+def _log(message: str) -> None:
+    print(message, flush=True)
+
+
+def run(args) -> int:
+    import torch
+
+    from ort3d.export.build import BuildOptions, build_artefacts
+    from ort3d.export.specs import NETWORK_NAMES
+    from ort3d.export.verify import format_table
+    from ort3d.models.checkpoint import build_models
+    from ort3d.models.presets import get_preset
+
+    with_checkpoint = bool(args.checkpoint or args.svd)
+    preset = get_preset(args.preset or ("full" if with_checkpoint else "tiny"))
+    seed = args.verify_seed if args.verify_seed is not None else secrets.randbelow(2**31)
+    options = BuildOptions(precision=args.precision, onnx_only=args.onnx_only, verify=args.verify,
+                           verify_seed=seed,
+                           simplify_networks=() if args.no_simplify else NETWORK_NAMES,
+                           q1_compat=args.q1_compat,
+                           networks=tuple(n for n in args.networks.split(",") if n),
+                           workspace_bytes=int(args.workspace_gb * (1 << 30)))
+    started = time.perf_counter()
+    _log(f"building the {preset.name} models on {args.device} "
+         f"({'checkpoint' if with_checkpoint else 'random tiny weights'}) ...")
+    models = build_models(preset, checkpoint_dir=args.checkpoint, svd_dir=args.svd,
+                          device=torch.device(args.device), dtype=torch.float32)
+    report = build_artefacts(models, args.out, options, log=_log)
+    if report.verify_rows:
+        _log(f"\nverify (ONNX Runtime CPU vs eager fp32, inputs seed {seed}):")
+        _log(format_table(report.verify_rows))
+    _log(f"done in {time.perf_counter() - started:.1f} s")
+    if any(not row.passed for row in report.verify_rows):
+        print("build_engines.py: error: --verify failed for "
+              + ", ".join(sorted({r.network for r in report.verify_rows if not r.passed})),
+              file=sys.stderr)
+        return EXIT_VERIFY_FAILED
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from ort3d.export.errors import ExportError
+    from ort3d.models.checkpoint import CheckpointError
+
+    try:
+        return run(args)
+    except (ExportError, CheckpointError) as err:
+        print(f"build_engines.py: error: {err}", file=sys.stderr)
+        return EXIT_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())
