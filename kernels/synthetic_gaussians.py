@@ -36,7 +36,7 @@ def _pack(pos, opacity, scale, quat, rgb) -> torch.Tensor:
 
 def lgm_like_gaussians(num: int = 65536, batch: int = 1, seed: int = 0, device=None) -> torch.Tensor:
     """[batch, num, 14] shaped like LGM output for one object: 70% on a noisy ellipsoid surface
-    (opaque-ish, 0.1·softplus scales of a few mm), 30% scattered background splats with
+    (opaque-ish, 0.1·softplus scales ~3 mm: median radius ~7 px at 512²), 30% scattered background splats with
     near-zero opacity that still get binned; quaternions normalised over N (Q19)."""
     gen = torch.Generator().manual_seed(seed)
     B, N = batch, num
@@ -47,7 +47,7 @@ def lgm_like_gaussians(num: int = 65536, batch: int = 1, seed: int = 0, device=N
     pos = torch.where(surface[..., None], on_surface, scattered).clamp(-1, 1)
     logit = torch.where(surface, 2.0 + 2.0 * torch.randn(B, N, generator=gen),
                         -7.0 + torch.randn(B, N, generator=gen))
-    scale = 0.1 * F.softplus(-4.0 + 0.8 * torch.randn(B, N, 3, generator=gen))
+    scale = 0.1 * F.softplus(-3.5 + 0.8 * torch.randn(B, N, 3, generator=gen))
     quat = F.normalize(torch.randn(B, N, 4, generator=gen), dim=1)          # Q19: over N
     rgb = 0.5 * torch.tanh(torch.randn(B, N, 3, generator=gen)) + 0.5
     return _pack(pos, torch.sigmoid(logit), scale, quat, rgb).to(device)
@@ -56,7 +56,8 @@ def lgm_like_gaussians(num: int = 65536, batch: int = 1, seed: int = 0, device=N
 def edge_case_gaussians(seed: int = 0, device=None) -> torch.Tensor:
     """[1, N, 14] small scene mixing the renderer's corner cases, for cameras at radius ~1.7:
     random splats across and beyond the image borders, points behind or too near the cameras,
-    needle-thin (nearly degenerate) covariances, huge splats covering many tiles, exact
+    needle-thin (nearly degenerate) covariances, huge splats covering many tiles, faint splats
+    (opacity < 1/255, never blended), exact
     duplicates (equal depths: ties broken by index) and a fully opaque stack in front of the
     centre that makes pixels terminate early."""
     gen = torch.Generator().manual_seed(seed)
@@ -79,6 +80,9 @@ def edge_case_gaussians(seed: int = 0, device=None) -> torch.Tensor:
     parts.append((rand(n, 3) - 0.5, 0.5 + 0.5 * rand(n), needle, randn(n, 4), rand(n, 3)))
     n = 6                                         # huge, covering many tiles
     parts.append((0.3 * randn(n, 3), 0.3 * rand(n), 0.3 + 0.3 * rand(n, 3), randn(n, 4) * 0.01,
+                  rand(n, 3)))
+    n = 16                                        # faint: opacity below 1/255, never visible
+    parts.append((rand(n, 3) - 0.5, 0.003 * rand(n), 0.05 + 0.05 * rand(n, 3), randn(n, 4),
                   rand(n, 3)))
     n = 40                                        # fully opaque stack along the view axes
     stack = torch.zeros(n, 3)

@@ -67,13 +67,17 @@ def _emit_kernel(order_ptr, ends_ptr, rect_ptr, keys_ptr, ids_ptr,
     start = end - count
     span = tl.maximum(span, 1)
     first_tile = image * tiles_per_image
-    # Rows of the rect in order; a block loops as long as its widest Gaussian needs.
-    for k in range(0, tl.max(count, axis=0)):
+    # Rows of the rect in order; a block loops as long as its largest Gaussian needs (a while
+    # loop: Triton 3.6's interpreter cannot take a reduced tensor as a range bound).
+    most = tl.max(count, axis=0)
+    k = 0
+    while k < most:
         tile = first_tile + (y0 + k // span) * tiles_x + x0 + k % span
         slot = start + k
         ok = (k < count) & (slot < capacity)
         tl.store(keys_ptr + slot, tile.to(keys_ptr.dtype.element_ty), mask=ok)
         tl.store(ids_ptr + slot, n, mask=ok)
+        k += 1
 
 
 def key_dtype(num_tiles: int) -> torch.dtype:

@@ -57,7 +57,7 @@ class TritonProjection(NamedTuple):
 @triton.jit
 def _project_kernel(g_ptr, w2c_ptr, k_ptr, rec_ptr, rect_ptr, radius_ptr, touched_ptr, key_ptr,
                     N, V, height, width, tiles_x, tiles_y,
-                    REC: tl.constexpr, BLOCK: tl.constexpr):
+                    REC: tl.constexpr, BLOCK: tl.constexpr, CULL_TRANSPARENT: tl.constexpr):
     image = tl.program_id(1)                   # flat (b, v)
     b = image // V
     v = image % V
@@ -157,6 +157,10 @@ def _project_kernel(g_ptr, w2c_ptr, k_ptr, rec_ptr, rect_ptr, radius_ptr, touche
 
     finite = (radius == radius) & (tl.abs(radius) < float("inf"))
     valid = live & in_front & nonsingular & finite
+    if CULL_TRANSPARENT:
+        # α = min(0.99, o·exp(power)) with power ≤ 0 never exceeds o: below 1/255 it is always
+        # skipped, so binning it cannot change any pixel (LGM's background splats are like this).
+        valid = valid & (opacity >= 1.0 / 255.0)
     radius = tl.where(valid, radius, 0.0)
     su = tl.where(valid, u, 0.0)
     sw = tl.where(valid, w, 0.0)
@@ -195,8 +199,12 @@ def _project_kernel(g_ptr, w2c_ptr, k_ptr, rec_ptr, rect_ptr, radius_ptr, touche
 
 
 def project_gaussians_triton(gaussians: torch.Tensor, w2c: torch.Tensor, K: torch.Tensor,
-                             height: int, width: int) -> TritonProjection:
-    """Project gaussians [B,N,14] into V views (w2c [V,4,4], K [V,3,3]); see TritonProjection."""
+                             height: int, width: int, cull_transparent: bool = True) -> TritonProjection:
+    """Project gaussians [B,N,14] into V views (w2c [V,4,4], K [V,3,3]); see TritonProjection.
+
+    cull_transparent also culls opacity < 1/255, which renders identically with less work;
+    False reproduces the reference's culling exactly (and its tile lists).
+    """
     g = gaussians.float().contiguous()
     B, N, _ = g.shape
     V = w2c.shape[0]
@@ -210,5 +218,6 @@ def project_gaussians_triton(gaussians: torch.Tensor, w2c: torch.Tensor, K: torc
     grid = (triton.cdiv(N, BLOCK), B * V)
     _project_kernel[grid](g, w2c.float().contiguous(), K.float().contiguous(), record, rect, radius,
                           touched, sort_key, N, V, height, width, tiles_x, tiles_y,
-                          REC=REC, BLOCK=BLOCK, enable_fp_fusion=False)
+                          REC=REC, BLOCK=BLOCK,
+                          CULL_TRANSPARENT=cull_transparent, enable_fp_fusion=False)
     return TritonProjection(record, rect, radius, touched, sort_key, B, V)

@@ -32,7 +32,7 @@ def scene(device, seed=2):
 def test_binning_matches_torch_twin_exactly():
     device = kernel_device()
     gaussians, w2c, K = scene(device)
-    proj = project_gaussians_triton(gaussians, w2c, K, H, W)
+    proj = project_gaussians_triton(gaussians, w2c, K, H, W, cull_transparent=False)
     bins = bin_gaussians_triton(proj, H, W, capacity=4096)
     ref = bin_gaussians(proj.to_projected(), H, W)          # same projection: isolates binning
     got = bins.to_binned(gaussians.shape[1])

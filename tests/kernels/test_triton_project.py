@@ -31,7 +31,7 @@ def test_projection_matches_torch_twin():
     w2c, K = camera_from_c2w(look_at_c2w([0.0, 100.0, 215.0], 10.0), 39.6, (H, W))
     w2c, K = w2c.to(device), K.to(device)
     ref = project_gaussians(gaussians, w2c, K, H, W)
-    got = project_gaussians_triton(gaussians, w2c, K, H, W).to_projected()
+    got = project_gaussians_triton(gaussians, w2c, K, H, W, cull_transparent=False).to_projected()
 
     # The scene really holds the corner cases: culled near/behind, border straddlers, needles.
     view_z = (gaussians[0, :, :3] @ w2c[:, :3, :3].transpose(1, 2) + w2c[:, None, :3, 3])[..., 2]
@@ -49,3 +49,14 @@ def test_projection_matches_torch_twin():
     assert rel_err(got.means2d[keep], ref.means2d[keep]) <= 1e-5
     assert rel_err(got.conic[keep], ref.conic[keep]) <= 1e-5
     assert rel_err(got.depth[keep], ref.depth[keep]) <= 1e-5
+
+
+def test_transparent_culling_only_drops_invisible_gaussians():
+    device = kernel_device()
+    gaussians = edge_case_gaussians(seed=1, device=device)
+    w2c, K = camera_from_c2w(look_at_c2w([0.0, 100.0], 10.0), 39.6, (H, W))
+    ref = project_gaussians(gaussians, w2c.to(device), K.to(device), H, W)
+    got = project_gaussians_triton(gaussians, w2c.to(device), K.to(device), H, W).to_projected()
+    visible = gaussians[:, None, :, 3] >= 1.0 / 255.0      # α ≤ opacity: below 1/255 always skipped
+    assert (ref.valid & ~visible).any()                    # the scene has faint, in-view splats
+    assert torch.equal(got.valid, ref.valid & visible)
