@@ -26,7 +26,7 @@ from ort3d.models.state_files import (
 )
 from ort3d.models.svd_folder import read_svd_folder
 from ort3d.models.vae import build_vae
-from ort3d.models.weights import deterministic_state_dict
+from ort3d.models.weights import random_model_state_dict
 
 __all__ = ["CheckpointError", "Models", "build_models", "check_state_dict", "load_state_file"]
 
@@ -67,7 +67,7 @@ def _random_models(preset: Preset, device, dtype) -> Models:
     sources = {}
     for name, module in (("mv", mv), ("lgm", lgm), ("vae", vae), ("clip", clip)):
         sources[name] = f"random weights (seed {preset.seed})"
-        load_weights(module, deterministic_state_dict(module, preset.seed, name), sources[name], device, dtype)
+        load_weights(module, random_model_state_dict(module, preset.seed, name), sources[name], device, dtype)
     return Models(preset, mv, lgm, vae, ImageEncoder(clip).to(device).eval(), ScheduleConfig(), sources)
 
 

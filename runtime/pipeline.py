@@ -1,0 +1,160 @@
+"""The recursive denoising loop of Ouroboros3D (SPEC §2), over any backend's networks.
+
+One step: UNet (CFG batch 2×F) -> guidance + Euler/EDM step -> VAE-decode x0 -> LGM -> render the
+F feedback views -> CCM + pixel-unshuffle -> adapters (once, shared by both CFG halves) -> next
+step. Buffers are allocated once per run, shapes are static, the step scalars come from tables on
+the device, and nothing inside a step reads a value back to the host.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ort3d.kernels.feedback import feedback_maps
+from ort3d.kernels.render import camera_from_c2w, render_gaussians
+from ort3d.models.cameras import ORBIT_FOV_DEG, load_feedback_cameras, orbit_c2w
+from ort3d.models.scheduler import EDMEulerSchedule
+from ort3d.models.svd import added_time_ids
+from ort3d.runtime.timing import FiniteGuard, StageTimer, TimingReport
+
+
+@dataclass
+class PipelineOptions:
+    steps: int = 25
+    guidance: tuple[float, float] = (1.0, 3.0)     # per-view scale linspace over the F views
+    fps: int = 7
+    motion_bucket_id: int = 127
+    noise_aug_strength: float = 0.02
+    renderer: str = "torch"                         # "torch" (reference) or "triton"
+    exact_final_decode: bool = False                # Q12: decode the final latents again
+    check_every_stage: bool = False                 # sync after each stage to stop at the first NaN
+    timing: bool = True
+
+
+@dataclass
+class RunResult:
+    views: torch.Tensor          # [F,3,S,S] in [0,1]
+    gaussians: torch.Tensor      # [N,14], the last step's (DESIGN §3 buffer contents)
+    timings: TimingReport
+    extras: dict = field(default_factory=dict)
+
+
+class RecursivePipeline:
+    def __init__(self, nets, device, options: PipelineOptions | None = None):
+        self.nets = nets
+        self.preset = nets.preset
+        self.device = torch.device(device)
+        self.options = options or PipelineOptions()
+        self.schedule = EDMEulerSchedule.create(self.options.steps, nets.schedule_config, self.device)
+        views = self.preset.num_views
+        lo, hi = self.options.guidance
+        self.guidance = torch.linspace(lo, hi, views, device=self.device).view(1, views, 1, 1, 1)
+        self.cameras = load_feedback_cameras().to(self.device)
+        size = self.preset.image_size
+        self.render_w2c, self.render_K = camera_from_c2w(self.cameras.c2w, self.cameras.fov_deg, size)
+
+    # ---------------------------------------------------------------- once per image
+    def _conditioning(self, image, generator, timer, guard):
+        nets, views = self.nets, self.preset.num_views
+        # RNG order as the reference (SPEC §2.5): condition noise first, then the initial latents.
+        noise = torch.randn(image.shape, generator=generator, device=self.device)
+        with timer.stage("image_encoder"):
+            embedding = nets.encode_image(image)
+            guard.check("image_encoder", None, embedding)
+        with timer.stage("vae_encoder"):
+            cond_latent = nets.encode_latent(image + self.options.noise_aug_strength * noise)
+            guard.check("vae_encoder", None, cond_latent)
+        clip_cfg = torch.cat([torch.zeros_like(embedding), embedding])
+        cond_latent = cond_latent.unsqueeze(1).repeat(1, views, 1, 1, 1)
+        latent_cfg = torch.cat([torch.zeros_like(cond_latent), cond_latent])
+        time_ids = added_time_ids(self.options.fps, self.options.motion_bucket_id,
+                                  self.options.noise_aug_strength).to(self.device).repeat(2, 1)
+        nets.set_conditioning(clip_cfg, self.cameras)
+        return latent_cfg, time_ids
+
+    # ---------------------------------------------------------------- the loop
+    def run(self, image: torch.Tensor, seed: int, progress=None) -> RunResult:
+        """image: [1,3,S,S] in [-1,1] (preprocessed). progress: optional callable(step_index)."""
+        opts, nets, sched = self.options, self.nets, self.schedule
+        preset, views = self.preset, self.preset.num_views
+        s, size = preset.latent_size, preset.image_size
+        timer = StageTimer(self.device, enabled=opts.timing)
+        guard = FiniteGuard(opts.steps, self.device, eager=opts.check_every_stage)
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        image = image.to(self.device, torch.float32)
+
+        latent_cfg, time_ids = self._conditioning(image, generator, timer, guard)
+        latents = torch.randn((1, views, 4, s, s), generator=generator, device=self.device)
+        latents = latents * sched.init_noise_sigma
+
+        # Q6: step 0 is conditioned on all-zero feedback images (zero in the unshuffled layout too).
+        zeros = torch.zeros((views, 192, s, s), device=self.device)
+        features = nets.adapters(zeros, zeros)
+        gaussians = torch.empty((1, preset.num_gaussians, 14), device=self.device)
+        decoded = torch.empty((views, 3, size, size), device=self.device)
+
+        for i in range(opts.steps):
+            with timer.stage("step", i):
+                t = sched.timesteps[i]
+                with timer.stage("unet", i):
+                    model_in = sched.scale_input(torch.cat([latents, latents]), i)
+                    model_in = torch.cat([model_in, latent_cfg], dim=2)
+                    out = nets.unet(model_in, t, time_ids, features)
+                    guard.check("unet", i, out)
+                with timer.stage("guidance+scheduler", i):
+                    uncond, cond = out.chunk(2)
+                    velocity = uncond + self.guidance * (cond - uncond)   # (c - u) in out's dtype: Q17
+                    latents_next, x0 = sched.step(velocity, latents, i)
+                    guard.check("guidance+scheduler", i, latents_next)
+                with timer.stage("vae_decode", i):
+                    decoded.copy_(nets.vae_decode(x0.flatten(0, 1) * (1 / preset.vae["scaling_factor"])))
+                    guard.check("vae_decode", i, decoded)
+                with timer.stage("lgm", i):
+                    gaussians.copy_(nets.lgm(decoded.unsqueeze(0), t))
+                    guard.check("lgm", i, gaussians)
+                if i + 1 < opts.steps:   # the last step's feedback would feed no further step
+                    rgb, ccm = self._feedback(gaussians, timer, guard, i)
+                    with timer.stage("adapters", i):
+                        features = nets.adapters(rgb, ccm)
+                latents = latents_next
+            if progress is not None:
+                progress(i)
+
+        if opts.exact_final_decode:
+            with timer.stage("final_decode"):
+                decoded = nets.vae_decode(latents.flatten(0, 1) * (1 / preset.vae["scaling_factor"]))
+                guard.check("final_decode", None, decoded)
+        guard.raise_if_any()
+        views_out = (decoded / 2 + 0.5).clamp(0, 1)
+        return RunResult(views=views_out, gaussians=gaussians[0], timings=timer.report())
+
+    def _feedback(self, gaussians, timer, guard, step):
+        """Render the F feedback views; lay out RGB and CCM as the adapters' unshuffled input."""
+        cams = self.cameras
+        # The reference's CCM matmul runs under autocast (fp16 on CUDA: Q5); follow the backend.
+        ccm_dtype = getattr(self.nets, "autocast_dtype", None) or torch.float32
+        with timer.stage("render", step):
+            out = render_gaussians(gaussians, self.render_w2c, self.render_K,
+                                   self.preset.image_size, self.preset.image_size)
+        with timer.stage("feedback", step):
+            rgb, ccm = feedback_maps(out, cams.c2w, cams.intrinsics, unshuffle=True,
+                                     matmul_dtype=ccm_dtype)
+            guard.check("feedback", step, rgb, ccm)
+        return rgb, ccm
+
+    # ---------------------------------------------------------------- outputs
+    def render_orbit(self, gaussians: torch.Tensor, num_frames: int, elevation_deg: float = 0.0,
+                     chunk: int = 8) -> torch.Tensor:
+        """RGB frames [T,3,S,S] in [0,1] of an orbit around the Gaussians (SPEC §2.7)."""
+        size = self.preset.image_size
+        c2w = orbit_c2w(num_frames, radius=1.5, elevation_deg=elevation_deg).to(self.device)
+        fov = torch.full((num_frames,), ORBIT_FOV_DEG, device=self.device)
+        w2c, K = camera_from_c2w(c2w, fov, size)
+        frames = []
+        for start in range(0, num_frames, chunk):
+            out = render_gaussians(gaussians.unsqueeze(0), w2c[start:start + chunk],
+                                   K[start:start + chunk], size, size)
+            frames.append(out.rgb[0])
+        return torch.cat(frames).clamp(0, 1)

@@ -1,0 +1,133 @@
+"""One `ort3d-run` session: models built once, then each input image processed end to end."""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+import time
+
+import torch
+
+from ort3d.models.checkpoint import build_models
+from ort3d.models.presets import get_preset
+from ort3d.runtime import outputs
+from ort3d.runtime.networks import EagerNetworks
+from ort3d.runtime.pipeline import PipelineOptions, RecursivePipeline
+from ort3d.runtime.preprocess import InputError, preprocess
+from ort3d.runtime.timing import NonFiniteError
+
+TINY_WARNING = ("no checkpoint given: running the built-in tiny model with random weights; "
+                "the views and the 3D output will not resemble the input")
+
+
+class Runner:
+    def __init__(self, pipeline: RecursivePipeline, settings: dict, rembg_model, video_frames,
+                 elevation, quiet: bool):
+        self.pipeline = pipeline
+        self.settings = settings
+        self.rembg_model = rembg_model
+        self.video_frames = video_frames      # 0: no video
+        self.elevation = elevation
+        self.quiet = quiet
+
+    @classmethod
+    def from_args(cls, args, device, dtypes) -> "Runner":
+        weight_dtype, autocast_dtype = dtypes
+        with_checkpoint = bool(args.checkpoint or args.svd)
+        preset = get_preset(args.preset or ("full" if with_checkpoint else "tiny"))
+        if not with_checkpoint and not args.quiet:
+            print(f"ort3d-run: warning: {TINY_WARNING}", file=sys.stderr)
+        models = build_models(preset, checkpoint_dir=args.checkpoint, svd_dir=args.svd,
+                              device=device, dtype=weight_dtype)
+        nets = EagerNetworks(models, device, autocast_dtype=autocast_dtype, q1_compat=args.q1_compat)
+        options = PipelineOptions(steps=args.steps, renderer=args.renderer,
+                                  exact_final_decode=args.exact_final_decode,
+                                  check_every_stage=args.check_every_stage)
+        pipeline = RecursivePipeline(nets, device, options)
+        settings = {
+            "preset": preset.name, "checkpoint": args.checkpoint, "svd": args.svd,
+            "steps": args.steps, "seed": args.seed, "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "dtype": args.dtype, "weight_dtype": str(weight_dtype).removeprefix("torch."),
+            "autocast_dtype": None if autocast_dtype is None else str(autocast_dtype).removeprefix("torch."),
+            "backend": args.backend, "renderer": args.renderer, "q1_compat": args.q1_compat,
+            "exact_final_decode": args.exact_final_decode, "orbit_frames": 0 if args.no_video else args.orbit_frames,
+            "elevation": args.elevation, "rembg": args.rembg,
+        }
+        return cls(pipeline, settings, args.rembg, 0 if args.no_video else args.orbit_frames,
+                   args.elevation, args.quiet)
+
+    def process(self, path: pathlib.Path, out_dir: pathlib.Path) -> int:
+        """Runs one input; returns its exit status (0, 1 runtime failure, 2 bad input)."""
+        from ort3d.runtime.cli import EXIT_INPUT, EXIT_OK, EXIT_RUNTIME, versions
+
+        pipeline, preset = self.pipeline, self.pipeline.preset
+        started = time.perf_counter()
+        try:
+            t0 = time.perf_counter()
+            pre = preprocess(path, preset.image_size, rembg_model=self.rembg_model)
+            preprocess_ms = (time.perf_counter() - t0) * 1e3
+        except InputError as exc:
+            print(f"ort3d-run: error: {exc}", file=sys.stderr)
+            return EXIT_INPUT
+        if not self.quiet:
+            for note in pre.notes:
+                print(f"ort3d-run: {path.name}: {note}", file=sys.stderr)
+        try:
+            with torch.inference_mode():
+                result = pipeline.run(pre.image, seed=self.settings["seed"],
+                                      progress=self._progress(path.name))
+                t0 = time.perf_counter()
+                frames = None
+                if self.video_frames:
+                    frames = pipeline.render_orbit(result.gaussians, self.video_frames, self.elevation)
+                orbit_ms = (time.perf_counter() - t0) * 1e3
+        except NonFiniteError as exc:
+            print(f"ort3d-run: error: {path}: {exc}", file=sys.stderr)
+            return EXIT_RUNTIME
+
+        stem = out_dir / path.stem
+        written = []
+        try:
+            t0 = time.perf_counter()
+            written.append(outputs.write_views_png(f"{stem}_views.png", result.views.cpu(), pre.input_image))
+            kept = outputs.write_ply(f"{stem}.ply", result.gaussians.float().cpu())
+            written.append(pathlib.Path(f"{stem}.ply"))
+            if frames is not None:
+                written.append(outputs.write_video(f"{stem}_orbit.mp4",
+                                                   outputs.orbit_frames_uint8(frames.cpu())))
+            outputs_ms = (time.perf_counter() - t0) * 1e3
+            timings = result.timings.as_dict()
+            timings["once_ms"].update(preprocess=preprocess_ms, orbit_render=orbit_ms, outputs=outputs_ms)
+            report = {
+                "input": str(path), "settings": self.settings, "versions": versions(),
+                "notes": pre.notes, "num_gaussians": int(result.gaussians.shape[0]),
+                "num_gaussians_written": kept, "timings": timings,
+                "wall_s": time.perf_counter() - started,
+                "outputs": [pathlib.Path(p).name for p in written] + [f"{path.stem}_run.json"],
+            }
+            outputs.write_json(f"{stem}_run.json", report)
+        except (OSError, ValueError) as exc:
+            for p in written:   # no partial output set
+                pathlib.Path(p).unlink(missing_ok=True)
+            print(f"ort3d-run: error: {path}: cannot write outputs: {exc}", file=sys.stderr)
+            return EXIT_RUNTIME
+        if not self.quiet:
+            print(f"ort3d-run: {path.name}: wrote {stem}_views.png, {stem}.ply"
+                  + (f", {stem}_orbit.mp4" if frames is not None else "") + f", {stem}_run.json",
+                  file=sys.stderr)
+        return EXIT_OK
+
+    def _progress(self, name: str):
+        """A per-step progress bar on a terminal; nothing otherwise."""
+        if self.quiet or not sys.stderr.isatty():
+            return None
+        from tqdm import tqdm
+
+        bar = tqdm(total=self.pipeline.options.steps, desc=name, unit="step", leave=True)
+
+        def advance(step: int) -> None:
+            bar.update(1)
+            if step + 1 == self.pipeline.options.steps:
+                bar.close()
+        return advance
