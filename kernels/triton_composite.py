@@ -125,7 +125,7 @@ def composite_triton(proj: TritonProjection, bins: TileBins, height: int, width:
                      background=(1.0, 1.0, 1.0), *, want_images: bool = True,
                      feedback_cameras: tuple[torch.Tensor, torch.Tensor] | None = None,
                      ccm_fp16: bool = True, feedback_dtype: torch.dtype = torch.float32,
-                     batch: int = BATCH) -> CompositeOutput:
+                     batch: int = BATCH, num_warps: int = NUM_WARPS) -> CompositeOutput:
     """Blend every tile; images [B,V,...] if `want_images`; feedback maps if `feedback_cameras`
     = (c2w [V,4,4], normalised intrinsics [V,3,3]) is given (H and W must be multiples of 8)."""
     B, V = proj.batch, proj.views
@@ -154,5 +154,5 @@ def composite_triton(proj: TritonProjection, bins: TileBins, height: int, width:
         N, V, height, width, bins.tiles_x, bins.tiles_x * bins.tiles_y,
         float(background[0]), float(background[1]), float(background[2]),
         REC=REC, BATCH=batch, WANT_IMAGES=want_images, WANT_FEEDBACK=want_feedback,
-        CCM_FP16=ccm_fp16, num_warps=NUM_WARPS)
+        CCM_FP16=ccm_fp16, num_warps=num_warps)
     return CompositeOutput(rgb, alpha, depth, fb_rgb, fb_ccm)
