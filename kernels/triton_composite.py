@@ -1,7 +1,8 @@
 """Triton twin of `render.composite_tiles`, with the feedback maps fused into its epilogue.
 
-One program blends one 16×16 tile of one image front to back, one pixel per lane, walking the
-tile's depth-sorted list exactly like renderCUDA (and the torch twin's left-to-right product):
+One program blends one 16×16 tile of one image front to back, its 256 pixels as one vector,
+walking the tile's depth-sorted list exactly like renderCUDA (and the torch twin's left-to-right
+product), so T, the weights and the sums are the reference's sequential ones:
 
 * α = min(0.99, o·exp(power)), skipped where power > 0 or α < 1/255;
 * a pixel stops before the first Gaussian that would push T below 1e-4;
@@ -22,13 +23,12 @@ import torch
 import triton
 import triton.language as tl
 
-from ort3d.kernels.render import TILE
 from ort3d.kernels.triton_binning import TileBins
 from ort3d.kernels.triton_feedback import ccm_channels, store_unshuffled
 from ort3d.kernels.triton_project import REC, TritonProjection
 
 BATCH = 8         # Gaussians per loop iteration (unrolled); the tile-done test runs once per batch
-NUM_WARPS = 4         # 2 pixels per thread; ~96 registers on sm_90 (5 programs per SM)
+NUM_WARPS = 4     # 2 pixels per thread; ~96 registers on sm_90 (5 programs per SM)
 
 
 class CompositeOutput(NamedTuple):
