@@ -43,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: fp32 weights under fp16 autocast on CUDA (the reference's policy), "
                         "fp32 on CPU; fp16/bf16: weights and autocast in that dtype")
     p.add_argument("--backend", choices=("eager",), default="eager", help="network backend")
-    p.add_argument("--renderer", choices=("torch",), default="torch", help="feedback renderer")
+    p.add_argument("--renderer", choices=("torch", "triton"), default="torch",
+                   help="feedback renderer: torch (reference) or triton (fused kernels; GPU, or "
+                        "CPU through TRITON_INTERPRET=1, slowly)")
     p.add_argument("--q1-compat", action="store_true",
                    help="reproduce diffusers 0.25's CFG temporal-context interleaving (SPEC Q1)")
     p.add_argument("--exact-final-decode", action="store_true",

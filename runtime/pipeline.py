@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 import torch
 
 from ort3d.kernels.feedback import feedback_maps
+from ort3d.kernels.feedback_dispatch import RENDERERS, prepare_render_cameras, render_feedback
 from ort3d.kernels.render import camera_from_c2w, render_gaussians
 from ort3d.models.cameras import ORBIT_FOV_DEG, load_feedback_cameras, orbit_c2w
 from ort3d.models.scheduler import EDMEulerSchedule
 from ort3d.models.svd import added_time_ids
-from ort3d.runtime.timing import FiniteGuard, StageTimer, TimingReport
+from ort3d.runtime.timing import FiniteGuard, RunError, StageTimer, TimingReport
 
 
 @dataclass
@@ -51,9 +52,18 @@ class RecursivePipeline:
         views = self.preset.num_views
         lo, hi = self.options.guidance
         self.guidance = torch.linspace(lo, hi, views, device=self.device).view(1, views, 1, 1, 1)
+        if self.options.renderer not in RENDERERS:
+            raise ValueError(f"renderer must be one of {', '.join(RENDERERS)}, got {self.options.renderer!r}")
         self.cameras = load_feedback_cameras().to(self.device)
         size = self.preset.image_size
-        self.render_w2c, self.render_K = camera_from_c2w(self.cameras.c2w, self.cameras.fov_deg, size)
+        # Camera inverses sync on CUDA: done here, once, never inside a step.
+        self.render_cameras = prepare_render_cameras(self.cameras.c2w, self.cameras.fov_deg,
+                                                     self.cameras.intrinsics, size, size, self.device)
+        self.overlap_budget = None
+        if self.options.renderer == "triton":
+            from ort3d.kernels.triton_render import OverlapBudget
+
+            self.overlap_budget = OverlapBudget.for_scene(views, self.preset.num_gaussians, self.device)
 
     # ---------------------------------------------------------------- once per image
     def _conditioning(self, image, generator, timer, guard):
@@ -127,21 +137,37 @@ class RecursivePipeline:
                 decoded = nets.vae_decode(latents.flatten(0, 1) * (1 / preset.vae["scaling_factor"]))
                 guard.check("final_decode", None, decoded)
         guard.raise_if_any()
+        if self.overlap_budget is not None:   # a tile-overlap overflow is reported after the run
+            from ort3d.kernels.triton_render import OverlapCapacityError
+
+            try:
+                self.overlap_budget.check()
+            except OverlapCapacityError as exc:
+                raise RunError(str(exc)) from None
         views_out = (decoded / 2 + 0.5).clamp(0, 1)
         return RunResult(views=views_out, gaussians=gaussians[0], timings=timer.report())
 
     def _feedback(self, gaussians, timer, guard, step):
-        """Render the F feedback views; lay out RGB and CCM as the adapters' unshuffled input."""
-        cams = self.cameras
+        """Render the F feedback views; lay out RGB and CCM as the adapters' unshuffled input.
+
+        The torch reference times rendering and the CCM + unshuffle separately; the Triton
+        renderer fuses them into one kernel, timed as `render`.
+        """
+        cams = self.render_cameras
         # The reference's CCM matmul runs under autocast (fp16 on CUDA: Q5); follow the backend.
         ccm_dtype = getattr(self.nets, "autocast_dtype", None) or torch.float32
-        with timer.stage("render", step):
-            out = render_gaussians(gaussians, self.render_w2c, self.render_K,
-                                   self.preset.image_size, self.preset.image_size)
-        with timer.stage("feedback", step):
-            rgb, ccm = feedback_maps(out, cams.c2w, cams.intrinsics, unshuffle=True,
-                                     matmul_dtype=ccm_dtype)
-            guard.check("feedback", step, rgb, ccm)
+        if self.options.renderer == "torch":
+            with timer.stage("render", step):
+                images = render_gaussians(gaussians, cams.w2c, cams.K, cams.height, cams.width)
+            with timer.stage("feedback", step):
+                rgb, ccm = feedback_maps(images, cams.c2w, cams.intrinsics_norm, unshuffle=True,
+                                         matmul_dtype=ccm_dtype)
+        else:
+            with timer.stage("render", step):
+                out = render_feedback(gaussians, cams, self.options.renderer,
+                                      budget=self.overlap_budget, matmul_dtype=ccm_dtype)
+                rgb, ccm = out.rgb, out.ccm
+        guard.check("feedback", step, rgb, ccm)
         return rgb, ccm
 
     # ---------------------------------------------------------------- outputs

@@ -14,7 +14,7 @@ from ort3d.runtime import outputs
 from ort3d.runtime.networks import EagerNetworks
 from ort3d.runtime.pipeline import PipelineOptions, RecursivePipeline
 from ort3d.runtime.preprocess import InputError, preprocess
-from ort3d.runtime.timing import NonFiniteError
+from ort3d.runtime.timing import RunError
 
 TINY_WARNING = ("no checkpoint given: running the built-in tiny model with random weights; "
                 "the views and the 3D output will not resemble the input")
@@ -82,7 +82,7 @@ class Runner:
                 if self.video_frames:
                     frames = pipeline.render_orbit(result.gaussians, self.video_frames, self.elevation)
                 orbit_ms = (time.perf_counter() - t0) * 1e3
-        except NonFiniteError as exc:
+        except RunError as exc:
             print(f"ort3d-run: error: {path}: {exc}", file=sys.stderr)
             return EXIT_RUNTIME
 

@@ -22,7 +22,11 @@ POST_LOOP_STAGES = ("final_decode", "orbit_render", "outputs")
 ONCE_STAGES = PRE_LOOP_STAGES + POST_LOOP_STAGES
 
 
-class NonFiniteError(RuntimeError):
+class RunError(RuntimeError):
+    """A run failed in a way the user should read as one line (not a bug in ort3d)."""
+
+
+class NonFiniteError(RunError):
     """A NaN or Inf appeared; the message names the stage and the step."""
 
 

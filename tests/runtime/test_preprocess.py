@@ -1,13 +1,11 @@
 """Input image handling of ort3d-run: refusals, odd formats, recentring, the final tensor."""
 
-import struct
-import zlib
-
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from image_files import png_header_only
 from ort3d.runtime.preprocess import (
     InputError,
     flatten_on_white,
@@ -25,17 +23,6 @@ def expect_input_error(path, match, **kwargs):
     assert str(path) in message and "\n" not in message, message
     assert match in message, message
     return message
-
-
-def png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose header announces width×height RGB but whose IDAT holds a few bytes only."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr)
-            + png_chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + png_chunk(b"IEND", b""))
 
 
 # ----------------------------------------------------------------------------- refusals
