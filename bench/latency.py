@@ -123,6 +123,14 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
 
 
+def _shown_path(path: Path) -> str:
+    """Paths inside the repository are recorded relative to it (results are compared across hosts)."""
+    try:
+        return str(path.resolve().relative_to(HERE.parent))
+    except ValueError:
+        return str(path)
+
+
 def _profile_path(path: Path, backend: str) -> Path:
     return path if backend == REFERENCE else path.with_name(f"{path.stem}-{backend}{path.suffix}")
 
@@ -251,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {
             "preset": preset.name, "dtype": args.dtype, "weight_dtype": _dtype_name(weight_dtype),
             "autocast_dtype": _dtype_name(autocast_dtype), "steps": args.steps, "warmup": args.warmup,
-            "repeats": args.repeats, "seed": args.seed, "device": str(device), "image": str(args.image),
+            "repeats": args.repeats, "seed": args.seed, "device": str(device), "image": _shown_path(args.image),
+            "artefacts": None if args.artefacts is None else _shown_path(args.artefacts),
             "weights": (f"checkpoint {args.checkpoint}" if args.checkpoint
                         else f"random (seed {preset.seed})"),
             "orbit_frames": args.orbit_frames, "exact_final_decode": args.exact_final_decode,

@@ -124,7 +124,7 @@ def format_table(doc: dict) -> str:
              f"autocast {s['autocast_dtype'] or 'off'}), {s['steps']} steps, warmup {s['warmup']}, "
              f"repeats {s['repeats']}, {s['weights']}",
              f"device {env['device_name']} ({s['timer']}); ms: median [p20-p80]"]
-    width = 30
+    width = 34
     rows = [("stage", [b["name"] for b in ok])]
     stage_names = list(dict.fromkeys(n for b in ok for n in b["stages"]))
     for name in stage_names:
