@@ -35,6 +35,19 @@ class PipelineOptions:
 
 
 @dataclass
+class LoopState:
+    """The per-run buffers of the loop (allocated once in `prepare`)."""
+    latents: torch.Tensor        # [1,F,4,s,s] fp32
+    latent_cfg: torch.Tensor     # [2,F,4,s,s] VAE condition latent, zeros for the uncond half
+    time_ids: torch.Tensor       # [2,3]
+    features: list               # adapter features for the next UNet call (backend-specific)
+    gaussians: torch.Tensor      # [1,N,14] the persistent Gaussian buffer (DESIGN §3)
+    decoded: torch.Tensor        # [F,3,S,S] the last decoded x0
+    timer: StageTimer
+    guard: FiniteGuard
+
+
+@dataclass
 class RunResult:
     views: torch.Tensor          # [F,3,S,S] in [0,1]
     gaussians: torch.Tensor      # [N,14], the last step's (DESIGN §3 buffer contents)
@@ -50,6 +63,7 @@ class RecursivePipeline:
         self.options = options or PipelineOptions()
         self.schedule = EDMEulerSchedule.create(self.options.steps, nets.schedule_config, self.device)
         views = self.preset.num_views
+        self.latent_unscale = 1 / self.preset.vae["scaling_factor"]   # a Python float, as the reference
         lo, hi = self.options.guidance
         self.guidance = torch.linspace(lo, hi, views, device=self.device).view(1, views, 1, 1, 1)
         if self.options.renderer not in RENDERERS:
@@ -66,77 +80,79 @@ class RecursivePipeline:
             self.overlap_budget = OverlapBudget.for_scene(views, self.preset.num_gaussians, self.device)
 
     # ---------------------------------------------------------------- once per image
-    def _conditioning(self, image, generator, timer, guard):
-        nets, views = self.nets, self.preset.num_views
+    def prepare(self, image: torch.Tensor, seed: int) -> "LoopState":
+        """Once-per-image work (CLIP, VAE condition latent, hoisted constants) and the static
+        buffers of the loop. image: [1,3,S,S] in [-1,1] (preprocessed)."""
+        opts, nets, preset = self.options, self.nets, self.preset
+        views, s, size = preset.num_views, preset.latent_size, preset.image_size
+        timer = StageTimer(self.device, enabled=opts.timing)
+        guard = FiniteGuard(opts.steps, self.device, eager=opts.check_every_stage)
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        image = image.to(self.device, torch.float32)
+
         # RNG order as the reference (SPEC §2.5): condition noise first, then the initial latents.
         noise = torch.randn(image.shape, generator=generator, device=self.device)
         with timer.stage("image_encoder"):
             embedding = nets.encode_image(image)
             guard.check("image_encoder", None, embedding)
         with timer.stage("vae_encoder"):
-            cond_latent = nets.encode_latent(image + self.options.noise_aug_strength * noise)
+            cond_latent = nets.encode_latent(image + opts.noise_aug_strength * noise)
             guard.check("vae_encoder", None, cond_latent)
         clip_cfg = torch.cat([torch.zeros_like(embedding), embedding])
         cond_latent = cond_latent.unsqueeze(1).repeat(1, views, 1, 1, 1)
-        latent_cfg = torch.cat([torch.zeros_like(cond_latent), cond_latent])
-        time_ids = added_time_ids(self.options.fps, self.options.motion_bucket_id,
-                                  self.options.noise_aug_strength).to(self.device).repeat(2, 1)
         nets.set_conditioning(clip_cfg, self.cameras)
-        return latent_cfg, time_ids
-
-    # ---------------------------------------------------------------- the loop
-    def run(self, image: torch.Tensor, seed: int, progress=None) -> RunResult:
-        """image: [1,3,S,S] in [-1,1] (preprocessed). progress: optional callable(step_index)."""
-        opts, nets, sched = self.options, self.nets, self.schedule
-        preset, views = self.preset, self.preset.num_views
-        s, size = preset.latent_size, preset.image_size
-        timer = StageTimer(self.device, enabled=opts.timing)
-        guard = FiniteGuard(opts.steps, self.device, eager=opts.check_every_stage)
-        generator = torch.Generator(device=self.device).manual_seed(seed)
-        image = image.to(self.device, torch.float32)
-
-        latent_cfg, time_ids = self._conditioning(image, generator, timer, guard)
         latents = torch.randn((1, views, 4, s, s), generator=generator, device=self.device)
-        latents = latents * sched.init_noise_sigma
 
         # Q6: step 0 is conditioned on all-zero feedback images (zero in the unshuffled layout too).
         zeros = torch.zeros((views, 192, s, s), device=self.device)
-        features = nets.adapters(zeros, zeros)
-        gaussians = torch.empty((1, preset.num_gaussians, 14), device=self.device)
-        decoded = torch.empty((views, 3, size, size), device=self.device)
+        return LoopState(
+            latents=latents * self.schedule.init_noise_sigma,
+            latent_cfg=torch.cat([torch.zeros_like(cond_latent), cond_latent]),
+            time_ids=added_time_ids(opts.fps, opts.motion_bucket_id, opts.noise_aug_strength,
+                                    batch=2).to(self.device),
+            features=nets.adapters(zeros, zeros),
+            gaussians=torch.empty((1, preset.num_gaussians, 14), device=self.device),
+            decoded=torch.empty((views, 3, size, size), device=self.device),
+            timer=timer, guard=guard,
+        )
 
-        for i in range(opts.steps):
-            with timer.stage("step", i):
-                t = sched.timesteps[i]
-                with timer.stage("unet", i):
-                    model_in = sched.scale_input(torch.cat([latents, latents]), i)
-                    model_in = torch.cat([model_in, latent_cfg], dim=2)
-                    out = nets.unet(model_in, t, time_ids, features)
-                    guard.check("unet", i, out)
-                with timer.stage("guidance+scheduler", i):
-                    uncond, cond = out.chunk(2)
-                    velocity = uncond + self.guidance * (cond - uncond)   # (c - u) in out's dtype: Q17
-                    latents_next, x0 = sched.step(velocity, latents, i)
-                    guard.check("guidance+scheduler", i, latents_next)
-                with timer.stage("vae_decode", i):
-                    decoded.copy_(nets.vae_decode(x0.flatten(0, 1) * (1 / preset.vae["scaling_factor"])))
-                    guard.check("vae_decode", i, decoded)
-                with timer.stage("lgm", i):
-                    gaussians.copy_(nets.lgm(decoded.unsqueeze(0), t))
-                    guard.check("lgm", i, gaussians)
-                if i + 1 < opts.steps:   # the last step's feedback would feed no further step
-                    rgb, ccm = self._feedback(gaussians, timer, guard, i)
-                    with timer.stage("adapters", i):
-                        features = nets.adapters(rgb, ccm)
-                latents = latents_next
-            if progress is not None:
-                progress(i)
+    # ---------------------------------------------------------------- the loop
+    def step(self, state: "LoopState", i: int) -> None:
+        """Denoising step i: static shapes, table lookups on the device, no host reads."""
+        nets, sched, timer, guard = self.nets, self.schedule, state.timer, state.guard
+        with timer.stage("step", i):
+            t = sched.timesteps[i]
+            with timer.stage("unet", i):
+                model_in = sched.scale_input(torch.cat([state.latents, state.latents]), i)
+                model_in = torch.cat([model_in, state.latent_cfg], dim=2)
+                out = nets.unet(model_in, t, state.time_ids, state.features)
+                guard.check("unet", i, out)
+            with timer.stage("guidance+scheduler", i):
+                uncond, cond = out.chunk(2)
+                velocity = uncond + self.guidance * (cond - uncond)   # (c - u) in out's dtype: Q17
+                latents_next, x0 = sched.step(velocity, state.latents, i)
+                guard.check("guidance+scheduler", i, latents_next)
+            with timer.stage("vae_decode", i):
+                state.decoded.copy_(nets.vae_decode(x0.flatten(0, 1) * self.latent_unscale))
+                guard.check("vae_decode", i, state.decoded)
+            with timer.stage("lgm", i):
+                state.gaussians.copy_(nets.lgm(state.decoded.unsqueeze(0), t))
+                guard.check("lgm", i, state.gaussians)
+            if i + 1 < self.options.steps:   # the last step's feedback would feed no further step
+                rgb, ccm = self._feedback(state.gaussians, timer, guard, i)
+                with timer.stage("adapters", i):
+                    state.features = nets.adapters(rgb, ccm)
+            state.latents = latents_next
 
-        if opts.exact_final_decode:
-            with timer.stage("final_decode"):
-                decoded = nets.vae_decode(latents.flatten(0, 1) * (1 / preset.vae["scaling_factor"]))
-                guard.check("final_decode", None, decoded)
-        guard.raise_if_any()
+    def finish(self, state: "LoopState") -> RunResult:
+        """Final views (Q12: the last step's decode unless exact_final_decode) and the checks
+        deferred from the loop (the one host sync of the run)."""
+        decoded = state.decoded
+        if self.options.exact_final_decode:
+            with state.timer.stage("final_decode"):
+                decoded = self.nets.vae_decode(state.latents.flatten(0, 1) * self.latent_unscale)
+                state.guard.check("final_decode", None, decoded)
+        state.guard.raise_if_any()
         if self.overlap_budget is not None:   # a tile-overlap overflow is reported after the run
             from ort3d.kernels.triton_render import OverlapCapacityError
 
@@ -144,8 +160,17 @@ class RecursivePipeline:
                 self.overlap_budget.check()
             except OverlapCapacityError as exc:
                 raise RunError(str(exc)) from None
-        views_out = (decoded / 2 + 0.5).clamp(0, 1)
-        return RunResult(views=views_out, gaussians=gaussians[0], timings=timer.report())
+        views = (decoded / 2 + 0.5).clamp(0, 1)
+        return RunResult(views=views, gaussians=state.gaussians[0], timings=state.timer.report())
+
+    def run(self, image: torch.Tensor, seed: int, progress=None) -> RunResult:
+        """prepare → steps → finish. progress: optional callable(step_index) after each step."""
+        state = self.prepare(image, seed)
+        for i in range(self.options.steps):
+            self.step(state, i)
+            if progress is not None:
+                progress(i)
+        return self.finish(state)
 
     def _feedback(self, gaussians, timer, guard, step):
         """Render the F feedback views; lay out RGB and CCM as the adapters' unshuffled input.
