@@ -83,6 +83,13 @@ def check_args(args) -> list[str]:
         raise BenchError(f"--image: {args.image}: file not found")
     if bool(args.checkpoint) != bool(args.svd):
         raise BenchError("--checkpoint and --svd go together (real weights need both folders)")
+    for option in ("json", "csv", "plot", "profile"):   # fail now, not after minutes of timing
+        path = getattr(args, option)
+        if path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise BenchError(f"--{option}: cannot create {path.parent}: {error.strerror}") from None
     return list(dict.fromkeys([REFERENCE, *names]))
 
 
@@ -232,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"latency.py: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     build_s = time.perf_counter() - started
+    print(f"latency.py: built the {preset.name} models in {build_s:.1f} s", file=sys.stderr)
     env = latency_report.device_description(device)
     env["versions"] = latency_report.versions()
     peak, peak_note = latency_report.device_peak_tflops(env["device_name"], args.dtype)

@@ -161,7 +161,8 @@ def test_bad_settings_exit_2(capsys):
     for argv, words in ((["--backends", "eager,nope"], "unknown backend 'nope'"),
                         (["--steps", "0"], "--steps must be at least 1"),
                         (["--image", "/no/such.png"], "file not found"),
-                        (["--checkpoint", "x"], "--checkpoint and --svd go together")):
+                        (["--checkpoint", "x"], "--checkpoint and --svd go together"),
+                        (["--json", "/proc/no/r.json"], "--json: cannot create /proc/no")):
         assert latency.main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and words in err[0], (argv, err)
