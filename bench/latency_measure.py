@@ -14,7 +14,6 @@ import math
 import resource
 import statistics
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,7 +59,7 @@ def _wall(device, sink: list[float]):
     sink.append((time.perf_counter() - start) * 1e3)
 
 
-def one_run(pipeline, image_path: Path, seed: int, orbit_frames: int, progress=None):
+def one_run(pipeline, image_path: Path, seed: int, orbit_frames: int):
     """(RunResult, host views, host gaussians, {once stage: ms}, end-to-end ms)."""
     device, size = pipeline.device, pipeline.preset.image_size
     once: dict[str, list[float]] = {"preprocess": [], "outputs": [], "orbit_render": []}
@@ -68,7 +67,7 @@ def one_run(pipeline, image_path: Path, seed: int, orbit_frames: int, progress=N
     with _wall(device, total), torch.inference_mode():
         with _wall(device, once["preprocess"]):
             image = preprocess(image_path, size).image
-        result = pipeline.run(image, seed, progress=progress)
+        result = pipeline.run(image, seed)
         if orbit_frames:
             with _wall(device, once["orbit_render"]):
                 pipeline.render_orbit(result.gaussians, orbit_frames)
@@ -189,34 +188,22 @@ def count_flops(nets, pipeline) -> dict[str, float]:
     return counts
 
 
-class _ProfiledStepDone(Exception):
-    """Ends the profiling run once its step is recorded (the rest would be thrown away)."""
-
-
 def profile_one_step(pipeline, image_path: Path, seed: int, path: Path) -> int:
-    """Chrome trace of one step of an extra (untimed) run: step 1, or step 0 when there is one
-    step (then the once-per-image conditioning is in it too). Returns the step profiled."""
-    from torch.profiler import ProfilerActivity, profile, schedule
+    """Chrome trace of one step (step 1, or 0 with a single step) of an extra, untimed run,
+    driven through the pipeline's prepare/step API. Returns the step profiled."""
+    from torch.profiler import ProfilerActivity, profile
 
+    device = pipeline.device
     target = 1 if pipeline.options.steps > 1 else 0
-    activities = [ProfilerActivity.CPU]
-    if pipeline.device.type == "cuda":
-        activities.append(ProfilerActivity.CUDA)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch.inference_mode():
+        state = pipeline.prepare(preprocess(image_path, pipeline.preset.image_size).image, seed)
+        for i in range(target):
+            pipeline.step(state, i)
+        _sync(device)
+        with profile(activities=activities) as prof:
+            pipeline.step(state, target)
+            _sync(device)
     path.parent.mkdir(parents=True, exist_ok=True)
-
-    def after_step(step: int) -> None:
-        prof.step()
-        if step == target:
-            raise _ProfiledStepDone
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")   # "won't be using warmup": one step is all we want
-        with profile(activities=activities, schedule=schedule(wait=target, warmup=0, active=1, repeat=1),
-                     on_trace_ready=lambda done: done.export_chrome_trace(str(path))) as prof:
-            try:
-                one_run(pipeline, image_path, seed, 0, progress=after_step)
-            except _ProfiledStepDone:
-                pass
-    if not path.is_file():
-        raise RuntimeError(f"--profile: torch.profiler wrote no trace to {path}")
+    prof.export_chrome_trace(str(path))
     return target
