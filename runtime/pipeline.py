@@ -29,6 +29,7 @@ class PipelineOptions:
     motion_bucket_id: int = 127
     noise_aug_strength: float = 0.02
     renderer: str = "torch"                         # "torch" (reference) or "triton"
+    overlap_tiles_per_gaussian: int = 8             # triton: fixed tile-overlap capacity per view
     exact_final_decode: bool = False                # Q12: decode the final latents again
     check_every_stage: bool = False                 # sync after each stage to stop at the first NaN
     timing: bool = True
@@ -77,7 +78,9 @@ class RecursivePipeline:
         if self.options.renderer == "triton":
             from ort3d.kernels.triton_render import OverlapBudget
 
-            self.overlap_budget = OverlapBudget.for_scene(views, self.preset.num_gaussians, self.device)
+            self.overlap_budget = OverlapBudget.for_scene(
+                views, self.preset.num_gaussians, self.device,
+                tiles_per_gaussian=self.options.overlap_tiles_per_gaussian)
 
     # ---------------------------------------------------------------- once per image
     def prepare(self, image: torch.Tensor, seed: int) -> "LoopState":

@@ -41,21 +41,24 @@ class StageTimer:
         if not self.enabled:
             yield
             return
-        if self.cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda.nvtx.range_push(name if step is None else f"{name}[{step}]")
-            start.record()
-            try:
-                yield
-            finally:
-                end.record()
-                torch.cuda.nvtx.range_pop()
-        else:
-            start = time.perf_counter()
-            try:
-                yield
-            finally:
-                end = time.perf_counter()
+        label = name if step is None else f"{name}[{step}]"
+        # record_function marks the stage in torch.profiler traces (bench --profile); NVTX in Nsight.
+        with torch.profiler.record_function(label):
+            if self.cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                torch.cuda.nvtx.range_push(label)
+                start.record()
+                try:
+                    yield
+                finally:
+                    end.record()
+                    torch.cuda.nvtx.range_pop()
+            else:
+                start = time.perf_counter()
+                try:
+                    yield
+                finally:
+                    end = time.perf_counter()
         self._records.append((name, step, start, end))
 
     def _elapsed_ms(self, start, end) -> float:
