@@ -41,6 +41,15 @@ class BuildOptions:
     workspace_bytes: int = trt_build.DEFAULT_WORKSPACE_BYTES
     opset: int = OPSET
 
+    def check(self) -> None:
+        """Settings that cannot work -> ExportError (before any model is built)."""
+        if self.precision not in PRECISIONS:
+            raise ExportError(f"--precision: {self.precision!r} is not one of {PRECISIONS}")
+        unknown = [n for n in self.networks if n not in NETWORK_NAMES]
+        if unknown or not self.networks:
+            raise ExportError(f"--networks: unknown network {unknown[0] if unknown else '(none)'!r}; "
+                              f"choose from {','.join(NETWORK_NAMES)}")
+
 
 @dataclass
 class BuildReport:
@@ -92,11 +101,7 @@ def build_artefacts(models, out_dir: str | Path, options: BuildOptions | None = 
     identity / engine_builder default to this host's TensorRT and `trt_build.build_engine`;
     tests pass their own to exercise the cache without a GPU."""
     options = options or BuildOptions()
-    if options.precision not in PRECISIONS:
-        raise ExportError(f"--precision: {options.precision!r} is not one of {PRECISIONS}")
-    unknown = [n for n in options.networks if n not in NETWORK_NAMES]
-    if unknown:
-        raise ExportError(f"--networks: unknown network {unknown[0]!r}; choose from {NETWORK_NAMES}")
+    options.check()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = out_dir / MANIFEST_NAME

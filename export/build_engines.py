@@ -85,6 +85,7 @@ def run(args) -> int:
                            q1_compat=args.q1_compat,
                            networks=tuple(n for n in args.networks.split(",") if n),
                            workspace_bytes=int(args.workspace_gb * (1 << 30)))
+    options.check()
     started = time.perf_counter()
     _log(f"building the {preset.name} models on {args.device} "
          f"({'checkpoint' if with_checkpoint else 'random tiny weights'}) ...")

@@ -64,7 +64,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[object], None] | byte
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.chmod(tmp, 0o666 & ~umask)      # mkstemp's 0600 would make artefacts private
         with os.fdopen(fd, "wb") as handle:
             if isinstance(write, (bytes, bytearray, memoryview)):
                 handle.write(write)

@@ -83,7 +83,8 @@ def export_onnx(spec: NetworkSpec, module: torch.nn.Module, directory: Path, ops
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir()
     try:
-        inputs = spec.sample_inputs(seed=0)
+        device = next(module.parameters()).device
+        inputs = {k: v.to(device) for k, v in spec.sample_inputs(seed=0).items()}
         raw = scratch / "raw.onnx"
         module.eval()
         _legacy_export(module, tuple(inputs[n] for n in spec.input_names), raw, spec, opset)

@@ -176,12 +176,12 @@ class ImageEncoderExport(nn.Module):
         self.encoder = encoder
         out = encoder.image_size
         device = encoder.mean.device
-        # Columns: image [1, S, 4, S] holds one-hot column w in channel w; H (4 -> 4) is untouched
-        # (sigma 0.001 blur and same-size bicubic are the identity).
+        # Columns: probe image w ([S,1,4,S], one per batch entry) is one-hot at column w; its
+        # 4 rows are left untouched (a sigma-0.001 blur and a same-size bicubic are identities).
         basis = torch.eye(image_size, dtype=torch.float64, device=device)
-        probe = basis[:, None, :].expand(image_size, 4, image_size)[None]      # [1,S,4,S]
-        resized = resize_with_antialiasing(probe, (4, out))                     # [1,S,4,out]
-        matrix = resized[0, :, 0, :].transpose(0, 1).contiguous()               # [out, S]
+        probe = basis[:, None, None, :].expand(image_size, 1, 4, image_size)
+        resized = resize_with_antialiasing(probe, (4, out))                     # [S,1,4,out]
+        matrix = resized[:, 0, 0, :].transpose(0, 1).contiguous()               # [out, S]
         self.register_buffer("resize_w", matrix.to(torch.float32))
         self.register_buffer("resize_h", matrix.to(torch.float32).clone())      # square input
 

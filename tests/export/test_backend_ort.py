@@ -1,0 +1,61 @@
+"""The `ort` backend (runtime/backend_ort.py) on the tiny graphs: the per-network interface, and
+the whole recursive loop against the eager backend with the same seed."""
+
+import pytest
+import torch
+
+from ort3d.export.specs import adapter_feature_names, network_specs
+from ort3d.models.cameras import load_feedback_cameras
+from ort3d.models.presets import TINY
+from ort3d.runtime.backend_ort import OrtNetworks
+from ort3d.runtime.networks import EagerNetworks
+from ort3d.runtime.pipeline import PipelineOptions, RecursivePipeline
+
+
+def test_interface_shapes_and_schedule(tiny_artefacts, tiny_models):
+    nets = OrtNetworks(tiny_artefacts.dir)
+    assert nets.preset == TINY and nets.schedule_config == tiny_models.schedule
+    specs = network_specs(TINY)
+    image = specs["image_encoder"].sample_inputs(0)["image"]
+    embedding = nets.encode_image(image)
+    assert embedding.shape == (1, 1, 32) and nets.encode_latent(image).shape == (1, 4, 16, 16)
+    nets.set_conditioning(torch.cat([torch.zeros_like(embedding), embedding]), load_feedback_cameras())
+    maps = specs["adapters"].sample_inputs(1)
+    features = nets.adapters(maps["rgb"], maps["ccm"])
+    assert list(features) == adapter_feature_names()
+    unet_in = specs["unet"].sample_inputs(2)
+    out = nets.unet(unet_in["sample"], unet_in["timestep"][0], unet_in["added_time_ids"], features)
+    assert out.shape == (2, 8, 4, 16, 16) and torch.isfinite(out).all()
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = ((a - b) ** 2).mean().item()
+    return float("inf") if mse == 0 else 10 * torch.log10(torch.tensor(1.0 / mse)).item()
+
+
+@pytest.fixture
+def flush_denormals():
+    """The tiny eager loop on CPU meets subnormal floats and runs ~5x slower on them (measured
+    30 s vs 6 s of CPU for 2 steps); flushing them to zero changes values only below 1e-38."""
+    torch.set_flush_denormal(True)
+    yield
+    torch.set_flush_denormal(False)
+
+
+def test_recursive_loop_matches_eager(tiny_artefacts, tiny_models, flush_denormals):
+    image = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(7)) * 2 - 1
+    # Two steps: step 0 on zero feedback, then render -> CCM -> adapters feeding step 1, so every
+    # network and the feedback path are exercised (the 25-step run is the same loop).
+    options = PipelineOptions(steps=2, timing=False)
+    runs = {}
+    for nets in (EagerNetworks(tiny_models, "cpu"), OrtNetworks(tiny_artefacts.dir)):
+        with torch.inference_mode():
+            runs[nets.name] = RecursivePipeline(nets, "cpu", options).run(image, seed=42)
+    eager, ort = runs["eager"], runs["ort"]
+    assert ort.views.shape == eager.views.shape == (8, 3, 128, 128)
+    # The issue's bar: the 8 views match the eager backend's at PSNR >= 40 dB (fp32 graphs
+    # differ from eager only by op order, ~1e-6 relative per network).
+    for view in range(8):
+        assert _psnr(ort.views[view], eager.views[view]) >= 40, view
+    assert torch.isfinite(ort.gaussians).all()
+    assert (ort.gaussians - eager.gaussians).abs().max() < 1e-2
