@@ -42,7 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=DTYPES, default="auto",
                    help="auto: fp32 weights under fp16 autocast on CUDA (the reference's policy), "
                         "fp32 on CPU; fp16/bf16: weights and autocast in that dtype")
-    p.add_argument("--backend", choices=("eager",), default="eager", help="network backend")
+    p.add_argument("--backend", choices=("eager", "ort", "trt"), default="eager",
+                   help="eager: the PyTorch reference; ort: exported ONNX graphs in ONNX Runtime; "
+                        "trt: TensorRT engines (both read --engines)")
+    p.add_argument("--engines", metavar="DIR", default=os.environ.get("ORT3D_ENGINES"),
+                   help="artefact folder from `python export/build_engines.py` (manifest.json), "
+                        "for --backend ort/trt (env ORT3D_ENGINES)")
     p.add_argument("--renderer", choices=("torch", "triton"), default="torch",
                    help="feedback renderer: torch (reference) or triton (fused kernels; GPU, or "
                         "CPU through TRITON_INTERPRET=1, slowly)")
@@ -53,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rembg", metavar="MODEL",
                    help="remove the background with rembg using this LOCAL model file "
                         "(never downloaded); default: use the image's alpha or take it as cut out")
+    p.add_argument("--overlap-tiles", type=int, default=8, metavar="N",
+                   help="triton renderer: tile overlaps reserved per Gaussian and view (default 8)")
     p.add_argument("--elevation", type=float, default=0.0, help="orbit video elevation in degrees")
     p.add_argument("--orbit-frames", type=int, default=180, help="orbit video frames (30 fps)")
     p.add_argument("--no-video", action="store_true", help="skip the orbit video")
@@ -111,6 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.steps < 1:
             raise UsageError(f"--steps must be at least 1 (got {args.steps})")
+        if args.backend != "eager" and not args.engines:
+            raise UsageError(f"--backend {args.backend} needs --engines DIR "
+                             "(made by `python export/build_engines.py`)")
+        if args.overlap_tiles < 1:
+            raise UsageError(f"--overlap-tiles must be at least 1 (got {args.overlap_tiles})")
         if args.orbit_frames < 1:
             raise UsageError(f"--orbit-frames must be at least 1 (got {args.orbit_frames})")
         out_dir = pathlib.Path(args.out)
@@ -120,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:   # noqa: BLE001 - every setup failure is one line, exit 2
         from ort3d.models.checkpoint import CheckpointError
 
+        # CheckpointError and the export package's ExportError are ValueErrors too.
         if isinstance(exc, (UsageError, CheckpointError, ValueError)):
             _fail(str(exc))
             return EXIT_INPUT

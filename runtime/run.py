@@ -20,6 +20,21 @@ TINY_WARNING = ("no checkpoint given: running the built-in tiny model with rando
                 "the views and the 3D output will not resemble the input")
 
 
+def _networks(args, preset, device, weight_dtype, autocast_dtype):
+    """The per-network interface for --backend: our PyTorch modules, or an exported set."""
+    if args.backend == "eager":
+        models = build_models(preset, checkpoint_dir=args.checkpoint, svd_dir=args.svd,
+                              device=device, dtype=weight_dtype)
+        return EagerNetworks(models, device, autocast_dtype=autocast_dtype, q1_compat=args.q1_compat)
+    if args.backend == "ort":
+        from ort3d.runtime.backend_ort import OrtNetworks
+
+        return OrtNetworks(args.engines, device=device, q1_compat=args.q1_compat)
+    from ort3d.runtime.backend_trt import TrtNetworks
+
+    return TrtNetworks(args.engines, device=device, q1_compat=args.q1_compat)
+
+
 class Runner:
     def __init__(self, pipeline: RecursivePipeline, settings: dict, rembg_model, video_frames,
                  elevation, quiet: bool):
@@ -35,12 +50,12 @@ class Runner:
         weight_dtype, autocast_dtype = dtypes
         with_checkpoint = bool(args.checkpoint or args.svd)
         preset = get_preset(args.preset or ("full" if with_checkpoint else "tiny"))
-        if not with_checkpoint and not args.quiet:
+        if args.backend == "eager" and not with_checkpoint and not args.quiet:
             print(f"ort3d-run: warning: {TINY_WARNING}", file=sys.stderr)
-        models = build_models(preset, checkpoint_dir=args.checkpoint, svd_dir=args.svd,
-                              device=device, dtype=weight_dtype)
-        nets = EagerNetworks(models, device, autocast_dtype=autocast_dtype, q1_compat=args.q1_compat)
+        nets = _networks(args, preset, device, weight_dtype, autocast_dtype)
+        preset = nets.preset
         options = PipelineOptions(steps=args.steps, renderer=args.renderer,
+                                  overlap_tiles_per_gaussian=args.overlap_tiles,
                                   exact_final_decode=args.exact_final_decode,
                                   check_every_stage=args.check_every_stage)
         pipeline = RecursivePipeline(nets, device, options)
@@ -50,7 +65,7 @@ class Runner:
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "dtype": args.dtype, "weight_dtype": str(weight_dtype).removeprefix("torch."),
             "autocast_dtype": None if autocast_dtype is None else str(autocast_dtype).removeprefix("torch."),
-            "backend": args.backend, "renderer": args.renderer, "q1_compat": args.q1_compat,
+            "backend": args.backend, "engines": args.engines, "renderer": args.renderer, "q1_compat": args.q1_compat,
             "exact_final_decode": args.exact_final_decode, "orbit_frames": 0 if args.no_video else args.orbit_frames,
             "elevation": args.elevation, "rembg": args.rembg,
         }

@@ -139,6 +139,8 @@ def test_bad_inputs_one_line_each_exit_2_no_partial_outputs_others_still_run(tmp
     (["--out", "{file}/sub"], "cannot write to output folder"),
     (["--checkpoint", "{tmp}/ckpt", "--svd", "{tmp}/svd"], "config.json: missing"),
     (["--checkpoint", "{tmp}/ckpt"], "need both"),
+    (["--backend", "ort"], "needs --engines DIR"),
+    (["--backend", "ort", "--engines", "{tmp}/ckpt"], "manifest.json"),
 ])
 def test_bad_settings_are_one_line_and_exit_2(tmp_path, capsys, extra, match):
     image = object_image(tmp_path / "x.png")
