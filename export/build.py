@@ -82,15 +82,20 @@ def engine_key(spec: NetworkSpec, onnx_sha256: str, flags: list[str], identity: 
             "compute_capability": identity["compute_capability"], "ort3d_version": __version__}
 
 
+def _still_fits(entry: dict, spec: NetworkSpec) -> bool:
+    key = entry["onnx"]["key"]
+    return (key["ort3d_version"], key["shapes"], entry["options"]) == (
+        __version__, spec.shapes(), dict(spec.options))
+
+
 def _carried_engine(previous: dict | None, onnx_sha256: str, spec: NetworkSpec) -> dict | None:
     """Without TensorRT here, keep a previously built engine only if it was built from this
     very graph (its identity fields are checked by whoever loads it)."""
     if previous is None:
         return None
     key = previous["key"]
-    if (key["onnx_sha256"], key["shapes"], key["ort3d_version"]) == (onnx_sha256, spec.shapes(), __version__):
-        return previous
-    return None
+    same = (key["onnx_sha256"], key["shapes"], key["ort3d_version"])
+    return previous if same == (onnx_sha256, spec.shapes(), __version__) else None
 
 
 def build_artefacts(models, out_dir: str | Path, options: BuildOptions | None = None,
@@ -120,10 +125,12 @@ def build_artefacts(models, out_dir: str | Path, options: BuildOptions | None = 
         engine_builder = engine_builder or trt_build.build_engine
 
     specs = network_specs(models.preset, q1_compat=options.q1_compat)
-    manifest = new_manifest(models.preset.name, options.precision, dataclasses.asdict(models.schedule))
-    # Networks not rebuilt this time keep their entries (a --networks subset).
+    schedule = dataclasses.asdict(models.schedule)
+    manifest = new_manifest(models.preset.name, options.precision, schedule)
+    # Networks outside a --networks subset keep their entries, if they still fit this set.
     manifest["networks"] = {k: v for k, v in previous_nets.items()
-                            if k in NETWORK_NAMES and k not in options.networks}
+                            if k in NETWORK_NAMES and k not in options.networks
+                            and _still_fits(v, specs[k]) and previous["schedule"] == schedule}
     report = BuildReport(manifest_path, build_engines, missing)
     total = len(options.networks)
     for index, name in enumerate(n for n in NETWORK_NAMES if n in options.networks):
@@ -137,8 +144,9 @@ def build_artefacts(models, out_dir: str | Path, options: BuildOptions | None = 
             rows = verify_network(spec, module, out_dir / onnx_entry["file"], options.verify_seed)
             report.verify_rows.extend(rows)
             worst = max(r.relative_error for r in rows)
-            log(f"{tag} verify: worst relative error {worst:.2e} "
-                f"({'ok' if all(r.passed for r in rows) else 'FAIL'}, {time.perf_counter() - started:.1f} s)")
+            verdict = "ok" if all(r.passed for r in rows) else "FAIL"
+            log(f"{tag} verify: worst relative error {worst:.2e} ({verdict}, "
+                f"{time.perf_counter() - started:.1f} s)")
         if build_engines:
             engine, decisions["engine"] = _engine(spec, onnx_entry, out_dir, old.get("engine"),
                                                   options, identity, engine_builder, tag, log)

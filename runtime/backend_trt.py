@@ -28,6 +28,14 @@ _TORCH_DTYPES = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bf
                  "INT32": torch.int32, "INT64": torch.int64, "BOOL": torch.bool}
 
 
+def _torch_dtype(trt, dtype) -> torch.dtype:
+    """trt.DataType member -> torch dtype (members looked up by name on the trt module)."""
+    for name, torch_dtype in _TORCH_DTYPES.items():
+        if getattr(trt.DataType, name, None) == dtype:
+            return torch_dtype
+    raise ExportError(f"engine tensor type {dtype} has no torch equivalent")
+
+
 class TrtNetworks(ExportedNetworks):
     name = "trt"
 
@@ -71,7 +79,7 @@ class TrtNetworks(ExportedNetworks):
                 raise ExportError(f"{path}: engine tensor {tensor} {shape} does not match "
                                   f"{self.directory / MANIFEST_NAME} networks.{name} "
                                   f"({wanted.get(tensor)})")
-            dtype = _TORCH_DTYPES[engine.get_tensor_dtype(tensor).name]
+            dtype = _torch_dtype(trt, engine.get_tensor_dtype(tensor))
             buffers[tensor] = torch.empty(shape, dtype=dtype, device=self.device)
             context.set_tensor_address(tensor, buffers[tensor].data_ptr())   # bound once
         if set(buffers) != set(wanted):

@@ -1,7 +1,6 @@
 """The `ort` backend (runtime/backend_ort.py) on the tiny graphs: the per-network interface, and
 the whole recursive loop against the eager backend with the same seed."""
 
-import pytest
 import torch
 
 from ort3d.export.specs import adapter_feature_names, network_specs
@@ -33,16 +32,7 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float("inf") if mse == 0 else 10 * torch.log10(torch.tensor(1.0 / mse)).item()
 
 
-@pytest.fixture
-def flush_denormals():
-    """The tiny eager loop on CPU meets subnormal floats and runs ~5x slower on them (measured
-    30 s vs 6 s of CPU for 2 steps); flushing them to zero changes values only below 1e-38."""
-    torch.set_flush_denormal(True)
-    yield
-    torch.set_flush_denormal(False)
-
-
-def test_recursive_loop_matches_eager(tiny_artefacts, tiny_models, flush_denormals):
+def test_recursive_loop_matches_eager(tiny_artefacts, tiny_models):
     image = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(7)) * 2 - 1
     # Two steps: step 0 on zero feedback, then render -> CCM -> adapters feeding step 1, so every
     # network and the feedback path are exercised (the 25-step run is the same loop).

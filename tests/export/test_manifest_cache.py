@@ -198,3 +198,16 @@ def test_carried_engine_survives_an_onnx_only_rebuild(tiny_models, tmp_path):
     build_artefacts(tiny_models, out, BuildOptions(networks=("image_encoder",), onnx_only=True),
                     log=lambda m: None)
     assert read_manifest(out)["networks"]["image_encoder"]["engine"] == before
+
+
+def test_subset_builds_keep_only_entries_that_still_fit(tiny_models, tmp_path):
+    out, quiet = tmp_path / "set", (lambda m: None)
+    build_artefacts(tiny_models, out, BuildOptions(networks=("image_encoder",), onnx_only=True), log=quiet)
+    build_artefacts(tiny_models, out, BuildOptions(networks=("vae_encoder",), onnx_only=True), log=quiet)
+    assert list(read_manifest(out)["networks"]) == ["image_encoder", "vae_encoder"]
+    document = json.loads((out / MANIFEST_NAME).read_text())
+    document["networks"]["image_encoder"]["onnx"]["key"]["ort3d_version"] = "0.0.1"
+    (out / MANIFEST_NAME).write_text(json.dumps(document))
+    # Rebuilding vae_encoder must not stamp the old-version image_encoder entry as current.
+    build_artefacts(tiny_models, out, BuildOptions(networks=("vae_encoder",), onnx_only=True), log=quiet)
+    assert list(read_manifest(out)["networks"]) == ["vae_encoder"]
