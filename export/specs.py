@@ -24,8 +24,8 @@ Hoisted constants (SPEC §3.7), the choices made here:
 - Adapter features stay per level and per adapter ((h + f0) + f1 is not bit-identical to
   h + (f0 + f1)), batch F: the UNet broadcasts them over the CFG batch.
 - The image encoder's antialiased resize (Gaussian blur + bicubic, align_corners) is a fixed
-  separable linear map; it is exported as two matrix products because TensorRT 10 parses
-  neither cubic Resize nor needs the reflect-padded depthwise blur.
+  separable linear map; it is exported as two matrix products, because TensorRT 10's ONNX
+  parser has no cubic Resize (and two GEMMs replace the reflect-padded depthwise blur too).
 """
 
 from __future__ import annotations
@@ -188,8 +188,9 @@ class ImageEncoderExport(nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         y = self.resize_h @ image @ self.resize_w.transpose(0, 1)
         y = (y + 1.0) / 2.0
-        y = (y - self.encoder.mean) / self.encoder.std
-        return self.encoder.clip(pixel_values=y).image_embeds.unsqueeze(1)
+        y = (y - self.encoder.mean) / self.encoder.std      # as ImageEncoder.forward from here
+        clip = self.encoder.clip
+        return clip(pixel_values=y.to(clip.dtype)).image_embeds.unsqueeze(1)
 
 
 class VaeEncoderExport(nn.Module):

@@ -2,10 +2,12 @@
 
 import onnx
 import pytest
+import torch
 
 from ort3d.export.onnx_export import OPSET, unsupported_ops
 from ort3d.export.specs import NETWORK_NAMES, network_specs
 from ort3d.export.verify import FP32_RELATIVE_TOLERANCE, format_table
+from ort3d.models.cameras import load_feedback_cameras
 from ort3d.models.presets import TINY
 
 
@@ -56,3 +58,22 @@ def test_camera_constants_are_folded_and_recorded(tiny_artefacts):
     expected |= {(8, c, s >> (3 - i), s >> (3 - i)) for i, c in enumerate(widths["up"])}
     assert expected <= shapes
     assert "cameras" not in {i.name for i in unet.graph.input}
+
+
+def test_export_wrappers_compute_what_the_eager_modules_compute(tiny_models):
+    """--verify compares graphs with the export wrappers; these wrappers must in turn equal the
+    eager modules the pipeline runs (the image encoder's resize is rewritten as matrices)."""
+    specs = network_specs(TINY)
+    image = specs["image_encoder"].sample_inputs(3)["image"]
+    with torch.no_grad():
+        wrapped = specs["image_encoder"].module_for_export(tiny_models)(image)
+        eager = tiny_models.image_encoder(image)
+    # Only the resize's float32 rounding differs (~1e-6 of its output, see test_export_specs).
+    assert ((wrapped - eager).norm() / eager.norm()).item() < 1e-5
+    lgm_in = specs["lgm"].sample_inputs(3)
+    cams = load_feedback_cameras()
+    with torch.no_grad():
+        wrapped = specs["lgm"].module_for_export(tiny_models)(lgm_in["images"], lgm_in["timestep"])
+        eager = tiny_models.lgm.forward_gaussians(lgm_in["images"], lgm_in["timestep"],
+                                                  cams.c2w, cams.fov_deg)
+    assert torch.equal(wrapped, eager)      # same ops; the folded rays are the eager rays
