@@ -85,8 +85,9 @@ def _check_files(entry: dict, directory: Path, field: str, verify_hashes: bool) 
         if not (directory / name).is_file():
             raise ExportError(f"{directory / name}: file named by {field} is missing")
     if verify_hashes and artefact_sha256(directory, files) != entry["sha256"]:
-        raise ExportError(f"{directory / files[0]}: sha256 does not match {field}.sha256 "
-                          f"(file corrupt or replaced; rebuild the set)")
+        with_data = f" (with {', '.join(files[1:])})" if files[1:] else ""
+        raise ExportError(f"{directory / files[0]}{with_data}: sha256 does not match "
+                          f"{field}.sha256 (file corrupt or replaced; rebuild the set)")
 
 
 def check_onnx_set(document: dict, directory: Path, required, verify_hashes: bool = True) -> None:

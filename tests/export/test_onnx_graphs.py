@@ -77,3 +77,24 @@ def test_export_wrappers_compute_what_the_eager_modules_compute(tiny_models):
         eager = tiny_models.lgm.forward_gaussians(lgm_in["images"], lgm_in["timestep"],
                                                   cams.c2w, cams.fov_deg)
     assert torch.equal(wrapped, eager)      # same ops; the folded rays are the eager rays
+
+
+def test_external_data_graphs_are_checked_hashed_and_run(tiny_models, tmp_path, monkeypatch):
+    """The full-size path (weights beside the graph) on a small graph, by lowering the threshold."""
+    from ort3d.export import onnx_export
+    from ort3d.export.build import BuildOptions, build_artefacts
+    from ort3d.export.errors import ExportError
+    from ort3d.export.manifest import check_onnx_set, read_manifest
+
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 1 << 20)
+    report = build_artefacts(tiny_models, tmp_path, BuildOptions(networks=("adapters",),
+                             onnx_only=True, verify=True), log=lambda m: None)
+    assert all(row.passed for row in report.verify_rows)
+    entry = read_manifest(tmp_path)["networks"]["adapters"]["onnx"]
+    assert entry["external_data"] == ["adapters.onnx.data"]
+    graph_bytes = (tmp_path / "adapters.onnx").stat().st_size
+    assert graph_bytes < (tmp_path / "adapters.onnx.data").stat().st_size // 10
+    data = tmp_path / "adapters.onnx.data"
+    data.write_bytes(data.read_bytes()[:-4] + b"\x00\x00\x80\x7f")      # last weight -> inf
+    with pytest.raises(ExportError, match=r"adapters\.onnx \(with adapters\.onnx\.data\): sha256"):
+        check_onnx_set(read_manifest(tmp_path), tmp_path, ("adapters",))
