@@ -27,9 +27,10 @@ if str(HERE) not in sys.path:   # bench/ is not a package: its modules are impor
     sys.path.insert(0, str(HERE))
 
 from latency_backends import BACKENDS, REFERENCE  # noqa: E402
+from ort3d.runtime.cli import (UsageError, add_device_arguments, resolve_device,  # noqa: E402
+                               resolve_dtypes)
 
 EXIT_OK, EXIT_REFERENCE_FAILED, EXIT_USAGE = 0, 1, 2
-DTYPES = ("auto", "fp16", "bf16", "fp32")
 DEFAULT_IMAGE = HERE.parent / "examples" / "coffee.png"
 
 
@@ -50,10 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=25, help="denoising steps per run (default 25)")
     p.add_argument("--warmup", type=int, default=1, help="discarded whole runs per backend (default 1)")
     p.add_argument("--repeats", type=int, default=3, help="measured whole runs per backend (default 3)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--dtype", choices=DTYPES, default="auto",
-                   help="auto: fp32 weights under fp16 autocast on CUDA (the authors' policy, SPEC "
-                        "§2.8), fp32 on CPU; fp16/bf16: weights and autocast in that dtype; fp32")
+    add_device_arguments(p)
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's own choice)")
     p.add_argument("--seed", type=int, default=42, help="noise seed, the same for every backend")
@@ -93,32 +91,15 @@ def check_args(args) -> list[str]:
     return list(dict.fromkeys([REFERENCE, *names]))
 
 
-def resolve_device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def check_device(name: str):
+    """`ort3d-run`'s --device resolution, limited to the devices the timers support."""
     try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise BenchError(f"--device: unknown device {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise BenchError(f"--device {name}: no CUDA device is visible to PyTorch")
+        device = resolve_device(name)
+    except UsageError as error:
+        raise BenchError(f"--device: {error}") from None
     if device.type not in ("cpu", "cuda"):
         raise BenchError(f"--device {name}: only cpu and cuda are supported")
     return device
-
-
-def resolve_dtypes(policy: str, device):
-    """(weight dtype, autocast dtype or None), the same policy as `ort3d-run --dtype`."""
-    import torch
-
-    if policy == "auto":
-        return (torch.float32, torch.float16) if device.type == "cuda" else (torch.float32, None)
-    if policy == "fp32":
-        return torch.float32, None
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[policy]
-    return dtype, dtype
 
 
 def _dtype_name(dtype) -> str | None:
@@ -218,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.threads:
             torch.set_num_threads(args.threads)
-        device = resolve_device(args.device)
+        device = check_device(args.device)
         weight_dtype, autocast_dtype = resolve_dtypes(args.dtype, device)
     except BenchError as error:
         print(f"latency.py: error: {error}", file=sys.stderr)

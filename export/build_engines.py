@@ -20,7 +20,6 @@ if __name__ == "__main__" and not __package__:
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
 
 import argparse
-import os
 import secrets
 import time
 
@@ -30,19 +29,14 @@ EXIT_OK, EXIT_VERIFY_FAILED, EXIT_INPUT = 0, 1, 2
 def build_parser() -> argparse.ArgumentParser:
     from ort3d.export.build import PRECISIONS
     from ort3d.export.specs import NETWORK_NAMES
+    from ort3d.models.cli_args import add_weight_arguments
 
     p = argparse.ArgumentParser(
         prog="build_engines.py",
         description="Export ONNX graphs (and TensorRT engines where TensorRT is installed) for "
                     "every ort3d network, with a manifest. Without --checkpoint/--svd it uses "
                     "the built-in tiny model (random weights).")
-    p.add_argument("--checkpoint", default=os.environ.get("ORT3D_CHECKPOINT"),
-                   help="Ouroboros3D folder with mv_model_unet.pth and recon_model.pth "
-                        "(env ORT3D_CHECKPOINT)")
-    p.add_argument("--svd", default=os.environ.get("ORT3D_SVD"),
-                   help="SVD img2vid base folder in diffusers layout (env ORT3D_SVD)")
-    p.add_argument("--preset", choices=("tiny", "full"), default=None,
-                   help="model shapes; default: full with a checkpoint, tiny without")
+    add_weight_arguments(p)
     p.add_argument("--out", default="ort3d_engines", help="artefact folder (default ./ort3d_engines)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp16",
                    help="engine precision (the ONNX graphs are fp32); VAE nets fall back from "

@@ -13,13 +13,13 @@ import pathlib
 import platform
 import sys
 import tempfile
-import time
 
 EXIT_OK, EXIT_RUNTIME, EXIT_INPUT = 0, 1, 2
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ort3d.models.cli_args import add_weight_arguments
     from ort3d.models.version import __version__
 
     p = argparse.ArgumentParser(
@@ -29,19 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="input image(s); alpha is used as the mask")
     p.add_argument("--out", default="ort3d_out", help="output folder (default: ./ort3d_out)")
-    p.add_argument("--checkpoint", default=os.environ.get("ORT3D_CHECKPOINT"),
-                   help="Ouroboros3D folder with mv_model_unet.pth and recon_model.pth "
-                        "(env ORT3D_CHECKPOINT)")
-    p.add_argument("--svd", default=os.environ.get("ORT3D_SVD"),
-                   help="SVD img2vid base folder in diffusers layout (env ORT3D_SVD)")
-    p.add_argument("--preset", choices=("tiny", "full"), default=None,
-                   help="model shapes; default: full with a checkpoint, tiny without")
+    add_weight_arguments(p)
     p.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
     p.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--dtype", choices=DTYPES, default="auto",
-                   help="auto: fp32 weights under fp16 autocast on CUDA (the reference's policy), "
-                        "fp32 on CPU; fp16/bf16: weights and autocast in that dtype")
+    add_device_arguments(p)
     p.add_argument("--backend", choices=("eager", "ort", "trt"), default="eager",
                    help="eager: the PyTorch reference; ort: exported ONNX graphs in ONNX Runtime; "
                         "trt: TensorRT engines (both read --engines)")
@@ -70,6 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds --device and --dtype, read by resolve_device / resolve_dtypes (also used by bench/)."""
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--dtype", choices=DTYPES, default="auto",
+                        help="auto: fp32 weights under fp16 autocast on CUDA (the reference's "
+                             "policy, SPEC §2.8), fp32 on CPU; fp16/bf16: weights and autocast in "
+                             "that dtype; fp32: fp32 without autocast")
+
+
 class UsageError(Exception):
     """A setting that cannot work; reported as one line, exit code 2."""
 
@@ -87,7 +87,8 @@ def _check_out_dir(path: pathlib.Path) -> None:
         raise UsageError(f"cannot write to output folder {path}: {exc.strerror or exc}") from None
 
 
-def _resolve_device(name: str):
+def resolve_device(name: str):
+    """The torch.device for --device (auto: CUDA when available); UsageError if unusable."""
     import torch
 
     if name == "auto":
@@ -101,7 +102,7 @@ def _resolve_device(name: str):
     return device
 
 
-def _resolve_dtypes(name: str, device):
+def resolve_dtypes(name: str, device):
     """(weight dtype, autocast dtype or None) for the --dtype setting (SPEC §2.8)."""
     import torch
 
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"--orbit-frames must be at least 1 (got {args.orbit_frames})")
         out_dir = pathlib.Path(args.out)
         _check_out_dir(out_dir)
-        device = _resolve_device(args.device)
+        device = resolve_device(args.device)
         runner = _build_runner(args, device)
     except Exception as exc:   # noqa: BLE001 - every setup failure is one line, exit 2
         from ort3d.models.checkpoint import CheckpointError
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
 def _build_runner(args, device):
     from ort3d.runtime.run import Runner
 
-    return Runner.from_args(args, device, _resolve_dtypes(args.dtype, device))
+    return Runner.from_args(args, device, resolve_dtypes(args.dtype, device))
 
 
 def versions() -> dict[str, str]:

@@ -1,35 +1,19 @@
 """The renderer switch: both renderers give the adapters the same [B·V, 192, H/8, W/8] inputs."""
 
-import os
-
 import pytest
 import torch
 
+from kernel_helpers import INTRINSICS, kernel_device, rel_err
 from ort3d.kernels.feedback_dispatch import (UnknownRendererError, prepare_render_cameras,
                                              render_feedback)
 from ort3d.kernels.synthetic_gaussians import lgm_like_gaussians, look_at_c2w
 
 H, W = 32, 32
-INTRINSICS = torch.tensor([[1.3888888359069824, 0.0, 0.5], [0.0, 1.3888888359069824, 0.5],
-                           [0.0, 0.0, 1.0]])
-
-
-def kernel_device() -> str:
-    """CPU through the Triton interpreter (CI), or CUDA when the kernels are compiled."""
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        return "cpu"
-    if torch.cuda.is_available():
-        return "cuda"
-    pytest.skip("Triton kernels need TRITON_INTERPRET=1 (tests/conftest.py) or a CUDA GPU")
 
 
 def cameras(device):
     return prepare_render_cameras(look_at_c2w([45.0, 270.0]), 39.6, INTRINSICS.expand(2, 3, 3),
                                   H, W, device=device)
-
-
-def rel_err(got, ref):
-    return ((got - ref).norm() / ref.norm()).item()
 
 
 def test_torch_and_triton_renderers_agree_on_a_batch():

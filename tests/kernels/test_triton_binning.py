@@ -1,10 +1,9 @@
 """Binning kernel == its torch twin (`render.bin_gaussians`); overflow is safe and reported."""
 
-import os
-
 import pytest
 import torch
 
+from kernel_helpers import kernel_device
 from ort3d.kernels.render import bin_gaussians, camera_from_c2w, tile_grid
 from ort3d.kernels.synthetic_gaussians import edge_case_gaussians, look_at_c2w
 from ort3d.kernels.triton_binning import bin_gaussians_triton, emit_overlaps
@@ -12,15 +11,6 @@ from ort3d.kernels.triton_project import project_gaussians_triton
 from ort3d.kernels.triton_render import OverlapBudget, OverlapCapacityError, render_gaussians_triton
 
 H, W = 40, 56
-
-
-def kernel_device() -> str:
-    """CPU through the Triton interpreter (CI), or CUDA when the kernels are compiled."""
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        return "cpu"
-    if torch.cuda.is_available():
-        return "cuda"
-    pytest.skip("Triton kernels need TRITON_INTERPRET=1 (tests/conftest.py) or a CUDA GPU")
 
 
 def scene(device, seed=2):

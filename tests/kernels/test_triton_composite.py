@@ -1,10 +1,8 @@
 """Compositing kernel and fused feedback epilogue == the torch twins (render → CCM → unshuffle)."""
 
-import os
-
-import pytest
 import torch
 
+from kernel_helpers import INTRINSICS, kernel_device, rel_err
 from ort3d.kernels.feedback import ccm_from_depth, feedback_maps, pixel_unshuffle_feedback
 from ort3d.kernels.render import camera_from_c2w, composite_tiles, render_gaussians
 from ort3d.kernels.synthetic_gaussians import edge_case_gaussians, look_at_c2w
@@ -14,21 +12,6 @@ from ort3d.kernels.triton_project import project_gaussians_triton
 from ort3d.kernels.triton_render import render_gaussians_triton
 
 H, W = 40, 56
-INTRINSICS = torch.tensor([[1.3888888359069824, 0.0, 0.5], [0.0, 1.3888888359069824, 0.5],
-                           [0.0, 0.0, 1.0]])     # the released normalised intrinsics (SPEC App. A)
-
-
-def kernel_device() -> str:
-    """CPU through the Triton interpreter (CI), or CUDA when the kernels are compiled."""
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        return "cpu"
-    if torch.cuda.is_available():
-        return "cuda"
-    pytest.skip("Triton kernels need TRITON_INTERPRET=1 (tests/conftest.py) or a CUDA GPU")
-
-
-def rel_err(got, ref):
-    return ((got - ref).norm() / ref.norm()).item()
 
 
 def scene(device, seed=3):

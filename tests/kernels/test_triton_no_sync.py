@@ -6,14 +6,13 @@ import os
 import pytest
 import torch
 
+from kernel_helpers import INTRINSICS
 from ort3d.kernels import triton_binning, triton_composite, triton_project
 from ort3d.kernels.feedback_dispatch import prepare_render_cameras, render_feedback
 from ort3d.kernels.synthetic_gaussians import lgm_like_gaussians, look_at_c2w
 from ort3d.kernels.triton_render import OverlapBudget
 
 H, W = 32, 32
-INTRINSICS = torch.tensor([[1.3888888359069824, 0.0, 0.5], [0.0, 1.3888888359069824, 0.5],
-                           [0.0, 0.0, 1.0]])
 # Every way Python code can pull a tensor's value to the host.
 HOST_READS = ("item", "cpu", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__")
 

@@ -1,28 +1,13 @@
 """Projection kernel == its torch twin (`render.project_gaussians`) on the renderer's corner cases."""
 
-import os
-
-import pytest
 import torch
 
+from kernel_helpers import kernel_device, rel_err
 from ort3d.kernels.render import camera_from_c2w, project_gaussians
 from ort3d.kernels.synthetic_gaussians import edge_case_gaussians, look_at_c2w
 from ort3d.kernels.triton_project import project_gaussians_triton
 
 H, W = 40, 56          # partial 16×16 tiles on both axes
-
-
-def kernel_device() -> str:
-    """CPU through the Triton interpreter (CI), or CUDA when the kernels are compiled."""
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        return "cpu"
-    if torch.cuda.is_available():
-        return "cuda"
-    pytest.skip("Triton kernels need TRITON_INTERPRET=1 (tests/conftest.py) or a CUDA GPU")
-
-
-def rel_err(got, ref):
-    return ((got - ref).norm() / ref.norm()).item()
 
 
 def test_projection_matches_torch_twin():
