@@ -143,23 +143,28 @@ FULL = Preset(
     clip=clip_config(1280, 32, 16, 5120, 224, 14, 1024),
 )
 
-# Tiny: 128² views -> 16² latents; deepest levels 64 wide (a 32-channel GroupNorm level has one
-# channel per group and cancels per-channel constants such as the time embedding, see
-# reference/PARITY-HARNESS.md); UNet bottom level 2×2, LGM splats 32² (4096 Gaussians).
+# Tiny: the same architecture as FULL with the smallest widths that keep FULL's pattern of width
+# changes (multiples of 32 for GroupNorm(32), +32 per changing level). A tiny checkpoint then has
+# exactly FULL's state-dict key names (a 1×1 shortcut / adapter in_conv exists only where a width
+# changes), so it goes through the same loading paths. Attention heads stay 32 wide, as FULL's
+# stay 64. The deepest levels are ≥ 64 wide (a 32-channel GroupNorm level has one channel per
+# group and cancels per-channel constants such as the time embedding, see
+# reference/PARITY-HARNESS.md). 128² views -> 16² latents, UNet bottom level 2×2; LGM up widths
+# mirror its down widths as FULL's do; LGM splats 32² (4096 Gaussians).
 TINY = Preset(
     name="tiny",
     image_size=128,
     num_views=8,
-    unet=unet_config((32, 64, 64, 64), (1, 2, 2, 2), 32, 16, 16),
-    adapter_channels=(32, 64, 64, 64),
+    unet=unet_config((32, 64, 96, 96), (1, 2, 3, 3), 32, 16, 16),
+    adapter_channels=(32, 64, 96, 96),
     adapter_blocks=3,
     lgm=LGMConfig(
         input_size=64,
         splat_size=32,
-        down_channels=(32, 32, 32, 64, 64, 64),
+        down_channels=(32, 64, 96, 128, 160, 160),
         down_attention=(False, False, False, True, True, True),
         mid_attention=True,
-        up_channels=(64, 64, 64, 32, 32),
+        up_channels=(160, 160, 128, 96, 64),
         up_attention=(True, True, True, False, False),
     ),
     vae=vae_config((32, 32, 64, 64), 1, 128),

@@ -151,7 +151,7 @@ def test_other_file_variants_are_accepted(folders, file_states, tmp_path):
     (lambda s: s.pop("cond_encoder.1.conv_in.bias"), "1 missing (first: cond_encoder.1.conv_in.bias)"),
     (lambda s: s.update({"extra.weight": torch.zeros(2)}), "1 unexpected (first: extra.weight)"),
     (lambda s: s.update({"mid_plucker.embed.2.bias": torch.zeros(5)}),
-     "1 with wrong shape (first: mid_plucker.embed.2.bias [5] vs model [64])"),
+     "1 with wrong shape (first: mid_plucker.embed.2.bias [5] vs model [96])"),
 ])
 def test_bad_mv_state_names_file_and_key(folders, file_states, tmp_path, edit, needle):
     ckpt, svd = copy_folders(folders, tmp_path)

@@ -36,12 +36,19 @@ def test_full_keys_and_shapes_equal_the_release_in_order(released, full_state):
     assert sum(v.numel() for v in full_state.values()) == released["num_params"] == 424_039_200
 
 
-def test_tiny_keys_are_the_full_names_less_identity_shortcuts(released, tiny_state):
-    # A 1x1 shortcut exists only where a block changes width; tiny keeps 32->32 and 64->64 at
-    # down blocks 1, 2 and 4, so exactly those shortcut convs vanish. Every other name is shared.
-    full_names = [k for k, _ in released["keys"]]
+def test_tiny_keys_are_the_full_names_in_full_order(released, tiny_state):
+    # A 1x1 shortcut exists only where a block changes width; TINY changes width at the same down
+    # blocks as FULL (1 to 4), so a tiny checkpoint has every released name and nothing else.
+    assert list(tiny_state) == [k for k, _ in released["keys"]]
+
+
+def test_equal_widths_drop_exactly_those_shortcuts(released):
+    # The reason the widths matter: blocks 1, 2 and 4 kept at their input width lose their shortcut.
+    cfg = dataclasses.replace(TINY.lgm, down_channels=(32, 32, 32, 64, 64, 64), up_channels=(64, 64, 64, 32, 32))
+    with torch.device("meta"):
+        names = list(LGM(cfg).state_dict())
     missing = {f"unet.down_blocks.{i}.nets.0.shortcut.{p}" for i in (1, 2, 4) for p in ("weight", "bias")}
-    assert list(tiny_state) == [k for k in full_names if k not in missing]
+    assert names == [k for k, _ in released["keys"] if k not in missing]
 
 
 @pytest.mark.parametrize("preset", [FULL, TINY], ids=["full", "tiny"])

@@ -28,26 +28,24 @@ def test_full_keys_and_shapes_equal_released_checkpoint(full_state):
     assert len(released) == 1572
 
 
-# Layers that exist only where a width changes between UNet levels 1 and 2 (FULL: 640 -> 1280).
-WIDTH_CHANGE_1_TO_2 = {
-    "unet.down_blocks.2.resnets.0.spatial_res_block.conv_shortcut.weight",
-    "unet.down_blocks.2.resnets.0.spatial_res_block.conv_shortcut.bias",
-    *(f"cond_encoder.{k}.body.6.in_conv.{p}" for k in (0, 1) for p in ("weight", "bias")),
-}
+def test_tiny_key_names_are_full_ones_in_full_order(full_state):
+    """TINY changes width wherever FULL does (320 -> 640 -> 1280 = 1280 vs 32 -> 64 -> 96 = 96), so
+    the layers that exist only at a width change (level 2's conv_shortcut, the adapters'
+    body.6.in_conv) are there too: a tiny checkpoint has every released name, nothing else."""
+    assert list(meta_state(TINY)) == list(full_state)
 
 
-def test_tiny_key_names_are_full_ones(full_state):
-    """TINY keeps levels 1 and 2 both 64 wide, so it lacks exactly the 6 layers that FULL's
-    640 -> 1280 change creates; everything else has FULL's names in FULL's order."""
-    tiny = list(meta_state(TINY))
-    assert set(full_state) - set(tiny) == WIDTH_CHANGE_1_TO_2
-    assert tiny == [k for k in full_state if k not in WIDTH_CHANGE_1_TO_2]
-
-
-def test_small_widths_with_full_width_changes_give_full_key_names(full_state):
-    widths = (32, 64, 128, 128)
-    preset = TINY.replace(unet=unet_config(widths, (1, 2, 4, 4), 32, 16, 16), adapter_channels=widths)
-    assert list(meta_state(preset)) == list(full_state)
+def test_unchanged_width_drops_exactly_the_width_change_layers(full_state):
+    """The reason the widths above matter: keeping levels 1 and 2 equally wide removes the layers
+    FULL's 640 -> 1280 change creates, and nothing else."""
+    widths = (32, 64, 64, 64)
+    preset = TINY.replace(unet=unet_config(widths, (1, 2, 2, 2), 32, 16, 16), adapter_channels=widths)
+    width_change_1_to_2 = {
+        "unet.down_blocks.2.resnets.0.spatial_res_block.conv_shortcut.weight",
+        "unet.down_blocks.2.resnets.0.spatial_res_block.conv_shortcut.bias",
+        *(f"cond_encoder.{k}.body.6.in_conv.{p}" for k in (0, 1) for p in ("weight", "bias")),
+    }
+    assert list(meta_state(preset)) == [k for k in full_state if k not in width_change_1_to_2]
 
 
 @pytest.mark.parametrize("preset", [FULL, TINY], ids=["full", "tiny"])
@@ -89,4 +87,4 @@ def test_adapter_block_count_must_fill_the_stages():
 
 def test_adapter_widths_must_match_unet_levels():
     with pytest.raises(ValueError, match="adapter_channels"):
-        MVModel(TINY.unet, (32, 64, 64, 32), TINY.adapter_blocks)
+        MVModel(TINY.unet, (32, 64, 96, 32), TINY.adapter_blocks)
