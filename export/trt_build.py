@@ -102,7 +102,7 @@ def build_engine(onnx_path: Path, spec: NetworkSpec, flags: list[str], engine_pa
     config.add_optimization_profile(profile)
     cache_bytes = timing_cache.read_bytes() if timing_cache.is_file() else b""
     cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    config.set_timing_cache(cache, False)     # False: refuse a cache from another device
 
     plan = builder.build_serialized_network(network, config)
     if plan is None:

@@ -9,7 +9,10 @@ the deserialiser or computes garbage, so it must never reach it.
 `run(name, **inputs)` copies the inputs into the network's static input buffers (no copy when a
 caller passes the buffer itself, see `input_buffers`) and returns the static output buffers:
 they stay valid until the next run of the same network, like the eager loop's buffers. Every
-call is stream-ordered, with no host synchronisation, so a step can be captured in a CUDA graph.
+call is stream-ordered, with no host synchronisation, so a step can be captured in a CUDA graph:
+the engines run on the backend's own stream, joined to the caller's current stream before and
+after (events only), because on the legacy default stream (PyTorch's default) enqueueV3 adds a
+cudaStreamSynchronize per call.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ class TrtNetworks(ExportedNetworks):
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         self._engines, self._contexts, self._buffers = {}, {}, {}
+        self._stream = torch.cuda.Stream(self.device)
         with torch.cuda.device(self.device):
             for name in NETWORK_NAMES:
                 self._load(trt, name)
@@ -110,7 +114,9 @@ class TrtNetworks(ExportedNetworks):
         for key, value in self._checked_inputs(name, inputs).items():
             if value.data_ptr() != buffers[key].data_ptr():
                 buffers[key].copy_(value)
-        stream = torch.cuda.current_stream(self.device)
-        if not self._contexts[name].execute_async_v3(stream.cuda_stream):
+        caller = torch.cuda.current_stream(self.device)
+        self._stream.wait_stream(caller)        # inputs written on the caller's stream first
+        if not self._contexts[name].execute_async_v3(self._stream.cuda_stream):
             raise RuntimeError(f"TensorRT execute_async_v3 failed for {name}")
+        caller.wait_stream(self._stream)        # outputs ready before the caller reads them
         return {n: buffers[n] for n in self.specs[name].output_names}
