@@ -62,8 +62,10 @@ def _camera_rays(pose: torch.Tensor, size: int, fov_deg: float) -> torch.Tensor:
     # OpenCV camera: x right, y down, z forward.
     dirs = F.pad(torch.stack([(col - half + 0.5) / focal, (row - half + 0.5) / focal], dim=-1),
                  (0, 1), value=1.0)
-    d = dirs @ pose[:3, :3].transpose(0, 1)
-    d = d / torch.sqrt(torch.clamp(torch.sum(d * d, -1, keepdim=True), min=1e-20))  # kiui safe_normalize
+    d = dirs @ pose[:3, :3].transpose(0, 1)    # fp16 under autocast, as in the reference
+    # kiui safe_normalize. The fp32 sum is what CUDA autocast does to `sum` (making d fp32 again);
+    # CPU autocast does not, and the cross product below rejects mixed dtypes. No-op in fp32.
+    d = d / torch.sqrt(torch.clamp(torch.sum(d * d, -1, keepdim=True, dtype=torch.float32), min=1e-20))
     o = pose[:3, 3].unsqueeze(0).expand_as(d)
     return torch.cat([torch.linalg.cross(o, d, dim=-1), d], dim=-1).view(size, size, 6)
 

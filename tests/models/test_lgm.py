@@ -110,6 +110,20 @@ def test_rays_of_the_real_cameras_at_256(cameras):
     assert torch.allclose(rays[:, 3:].norm(dim=1), torch.ones(()), atol=1e-6)   # unit directions
 
 
+def test_rays_under_autocast_round_only_the_rotation_product(cameras):
+    """The runtime hoists the rays inside the autocast region like the reference: the direction
+    matmul runs in low precision, the normalisation and the result stay float32 (on CPU too,
+    where autocast leaves `sum` in bf16 and a mixed-dtype cross product would fail)."""
+    c2w, fov = cameras
+    exact = plucker_rays(c2w[[0, 2]], fov[[0, 2]], 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        rounded = plucker_rays(c2w[[0, 2]], fov[[0, 2]], 64)
+    assert rounded.dtype == torch.float32
+    # bf16 keeps 8 significant bits: unit directions move by <= ~4e-3, o × d (|o| = 1.74) by more.
+    torch.testing.assert_close(rounded, exact, rtol=0, atol=2e-2)
+    assert (rounded - exact).abs().max() > 1e-4   # the rounded product is visible
+
+
 def test_time_path_is_live_and_embedding_matches_diffusers(model, images, cameras, gaussians):
     from diffusers.models.embeddings import Timesteps
 
