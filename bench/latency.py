@@ -29,6 +29,7 @@ if str(HERE) not in sys.path:   # bench/ is not a package: its modules are impor
 from latency_backends import BACKENDS, REFERENCE  # noqa: E402
 from ort3d.runtime.cli import (UsageError, add_device_arguments, resolve_device,  # noqa: E402
                                resolve_dtypes)
+from ort3d.runtime.timing import summarize_ms  # noqa: E402
 
 EXIT_OK, EXIT_REFERENCE_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_IMAGE = HERE.parent / "examples" / "coffee.png"
@@ -169,7 +170,7 @@ def finish_entries(entries: list[dict], flops: dict, peak: float | None, measure
     for e, m in measured:
         e["stages"] = measure_mod.step_summary(m)
         e["once"] = measure_mod.once_summary(m)
-        e["end_to_end"] = measure_mod.summary(m.end_to_end)
+        e["end_to_end"] = summarize_ms(m.end_to_end)
         e["peak_memory"] = m.peak_memory
         parts = sum(v["median_ms"] for k, v in e["stages"].items() if k != "step")
         e["step_untimed_ms"] = e["stages"]["step"]["median_ms"] - parts

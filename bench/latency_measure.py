@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import math
 import resource
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ort3d.runtime.preprocess import preprocess
-from ort3d.runtime.timing import STEP_STAGES, TimingReport
+from ort3d.runtime.timing import ONCE_STAGES, STEP_STAGES, TimingReport, summarize_ms
 
 
 @dataclass
@@ -112,34 +111,19 @@ def peak_memory(device: torch.device, resident_before: int | None = None) -> dic
 
 
 # ------------------------------------------------------------------------ statistics
-def _quantile(values: list[float], q: float) -> float:
-    """Linear-interpolated quantile (the same rule as ort3d.runtime.timing)."""
-    values = sorted(values)
-    pos = q * (len(values) - 1)
-    lo = int(pos)
-    hi = min(lo + 1, len(values) - 1)
-    return values[lo] + (values[hi] - values[lo]) * (pos - lo)
-
-
-def summary(values: list[float]) -> dict:
-    return {"median_ms": statistics.median(values), "p20_ms": _quantile(values, 0.2),
-            "p80_ms": _quantile(values, 0.8), "n": len(values)}
-
-
 def step_summary(m: Measurement) -> dict[str, dict]:
     """STEP_STAGES in the loop's order, then "step" (the whole step)."""
     out = {}
     for name in (*STEP_STAGES, "step"):
         values = [s[name] for s in m.steps if name in s]
         if values:
-            out[name] = summary(values)
+            out[name] = summarize_ms(values)
     return out
 
 
 def once_summary(m: Measurement) -> dict[str, dict]:
-    order = ("preprocess", "image_encoder", "vae_encoder", "final_decode", "orbit_render", "outputs")
-    names = [n for n in order if n in m.once] + sorted(set(m.once) - set(order))
-    return {name: summary(m.once[name]) for name in names}
+    names = [n for n in ONCE_STAGES if n in m.once] + sorted(set(m.once) - set(ONCE_STAGES))
+    return {name: summarize_ms(m.once[name]) for name in names}
 
 
 # ------------------------------------------------------------------------ quality

@@ -89,16 +89,19 @@ class TimingReport:
     def stage_summary(self) -> dict[str, dict[str, float]]:
         """median / p20 / p80 / n per step stage over the steps."""
         names = sorted({n for step in self.steps for n in step})
-        out = {}
-        for name in names:
-            values = sorted(step[name] for step in self.steps if name in step)
-            out[name] = {"median_ms": statistics.median(values), "p20_ms": _quantile(values, 0.2),
-                         "p80_ms": _quantile(values, 0.8), "n": len(values)}
-        return out
+        return {name: summarize_ms([step[name] for step in self.steps if name in step])
+                for name in names}
 
     def as_dict(self) -> dict:
         return {"once_ms": self.once, "steps_ms": self.steps, "per_stage": self.stage_summary(),
                 "total_ms": sum(self.once.values()) + sum(s.get("step", 0.0) for s in self.steps)}
+
+
+def summarize_ms(values: list[float]) -> dict[str, float]:
+    """median / p20 / p80 / n of millisecond samples (also bench/latency.py's statistics)."""
+    values = sorted(values)
+    return {"median_ms": statistics.median(values), "p20_ms": _quantile(values, 0.2),
+            "p80_ms": _quantile(values, 0.8), "n": len(values)}
 
 
 def _quantile(sorted_values: list[float], q: float) -> float:
