@@ -15,6 +15,8 @@ from typing import Callable
 
 import torch
 
+from ort3d.export.manifest import MANIFEST_NAME
+
 BUILD_HINT = "python export/build_engines.py --preset {preset} --out DIR"
 
 
@@ -61,8 +63,8 @@ def _artefacts_missing(ctx: BenchContext, what: str) -> str | None:
     hint = BUILD_HINT.format(preset=ctx.models.preset.name)
     if ctx.artefacts is None:
         return f"no {what}: pass --artefacts DIR built from the same weights by `{hint}`"
-    if not (ctx.artefacts / "manifest.json").is_file():
-        return f"no manifest.json in {ctx.artefacts}: build it with `{hint}`"
+    if not (ctx.artefacts / MANIFEST_NAME).is_file():
+        return f"no {MANIFEST_NAME} in {ctx.artefacts}: build it with `{hint}`"
     return None
 
 
@@ -75,8 +77,6 @@ def _ort_missing(ctx: BenchContext) -> str | None:
         if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
             return (f"onnxruntime-gpu not installed (onnxruntime {onnxruntime.__version__} has no "
                     "CUDAExecutionProvider)")
-    if not _has_module("ort3d.runtime.backend_ort"):
-        return "ort3d.runtime.backend_ort is not in this checkout"
     return _artefacts_missing(ctx, "ONNX artefacts")
 
 
@@ -91,8 +91,6 @@ def _trt_missing(ctx: BenchContext) -> str | None:
         return "tensorrt not installed"
     if ctx.device.type != "cuda":
         return "no CUDA (TensorRT engines run on a CUDA device)"
-    if not _has_module("ort3d.runtime.backend_trt"):
-        return "ort3d.runtime.backend_trt is not in this checkout"
     return _artefacts_missing(ctx, "TensorRT engines")
 
 
