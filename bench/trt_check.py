@@ -96,7 +96,8 @@ def check_preset(name: str, args) -> list[dict]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="trt_check.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--presets", default="tiny,full")
+    # tiny by default: the full set's export and engine builds can outlast a 10-minute device call.
+    p.add_argument("--presets", default="tiny", help="comma-separated: tiny, full (default tiny)")
     p.add_argument("--checkpoint", help="Ouroboros3D folder (full preset with real weights)")
     p.add_argument("--svd", help="SVD img2vid folder (with --checkpoint)")
     p.add_argument("--precision", choices=("fp16", "bf16", "fp32"), default="fp16")

@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--q1-compat", action="store_true",
                    help="bake diffusers 0.25's CFG temporal-context interleaving (SPEC Q1) into the UNet")
     p.add_argument("--no-simplify", action="store_true", help="skip the onnxslim pass")
-    p.add_argument("--workspace-gb", type=float, default=8.0, help="TensorRT workspace pool limit")
+    p.add_argument("--workspace-gb", type=float, default=8.0, help="TensorRT workspace pool limit in GiB (default 8)")
     p.add_argument("--device", default="cpu", help="where the eager models run for export (cpu, cuda)")
     return p
 
@@ -82,7 +82,7 @@ def run(args) -> int:
     options.check()
     started = time.perf_counter()
     _log(f"building the {preset.name} models on {args.device} "
-         f"({'checkpoint' if with_checkpoint else 'random tiny weights'}) ...")
+         f"({'checkpoint' if with_checkpoint else 'random weights'}) ...")
     models = build_models(preset, checkpoint_dir=args.checkpoint, svd_dir=args.svd,
                           device=torch.device(args.device), dtype=torch.float32)
     report = build_artefacts(models, args.out, options, log=_log)
