@@ -4,9 +4,9 @@ The TorchScript exporter (`dynamo=False`) is the one that produced correct, Tens
 graphs of the SVD UNet with static shapes; opset 17 is the first with LayerNormalization as one
 op (TensorRT maps it to its normalisation layer instead of fp16-fragile primitives) and is inside
 TensorRT 10's supported range (9-20). Graphs with 1 GiB of weights or more (protobuf refuses
-2 GB) keep their weights in one external-data file beside the graph. Every graph is checked with `onnx.checker` (path-based,
-so external data is checked too), shape inference must reproduce the spec's output shapes, and
-any op outside TensorRT 10's supported set is an error.
+2 GB) keep their weights in one external-data file beside the graph. Every graph is checked
+with `onnx.checker` (path-based, so external data is checked too), shape inference must
+reproduce the spec's output shapes, and any op outside TensorRT 10's supported set is an error.
 """
 
 from __future__ import annotations
