@@ -69,6 +69,8 @@ class RecursivePipeline:
         self.guidance = torch.linspace(lo, hi, views, device=self.device).view(1, views, 1, 1, 1)
         if self.options.renderer not in RENDERERS:
             raise ValueError(f"renderer must be one of {', '.join(RENDERERS)}, got {self.options.renderer!r}")
+        # The reference's CCM matmul runs under autocast (fp16 on CUDA: Q5); follow the backend.
+        self.ccm_dtype = getattr(nets, "autocast_dtype", None) or torch.float32
         self.cameras = load_feedback_cameras().to(self.device)
         size = self.preset.image_size
         # Camera inverses sync on CUDA: done here, once, never inside a step.
@@ -181,9 +183,7 @@ class RecursivePipeline:
         The torch reference times rendering and the CCM + unshuffle separately; the Triton
         renderer fuses them into one kernel, timed as `render`.
         """
-        cams = self.render_cameras
-        # The reference's CCM matmul runs under autocast (fp16 on CUDA: Q5); follow the backend.
-        ccm_dtype = getattr(self.nets, "autocast_dtype", None) or torch.float32
+        cams, ccm_dtype = self.render_cameras, self.ccm_dtype
         if self.options.renderer == "torch":
             with timer.stage("render", step):
                 images = render_gaussians(gaussians, cams.w2c, cams.K, cams.height, cams.width)
