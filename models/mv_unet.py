@@ -31,18 +31,13 @@ from torch import nn
 
 from ort3d.models.adapter import Adapter
 from ort3d.models.plucker import PluckerEmbedding
+from ort3d.models.presets import plucker_widths
 
 NUM_ADAPTERS = 2   # cond_encoder.0 = rendered RGB, cond_encoder.1 = CCM (position map)
 
 
 class MVCheckpointError(ValueError):
     """A multi-view UNet state dict that does not fit the configuration (one-line message)."""
-
-
-def plucker_widths(block_out_channels) -> dict[str, tuple[int, ...]]:
-    """Widths of the 9 Plücker MLPs: [C0,C0,C1,C2] / C3 / [C3,C3,C2,C1] (authors' hard-coded list)."""
-    c = tuple(block_out_channels)
-    return {"down": (c[0], c[0], c[1], c[2]), "mid": (c[3],), "up": (c[3], c[3], c[2], c[1])}
 
 
 @dataclass

@@ -8,7 +8,7 @@ what it can read from the files (configs, tensor shapes).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 SVD_DOWN_BLOCKS = (
@@ -76,6 +76,12 @@ def clip_config(hidden, layers, heads, mlp, image_size, patch, projection_dim) -
     )
 
 
+def plucker_widths(block_out_channels) -> dict[str, tuple[int, ...]]:
+    """Out widths of the 9 Plücker MLPs: [C0,C0,C1,C2] / C3 / [C3,C3,C2,C1] (authors' hard-coded list)."""
+    c = tuple(block_out_channels)
+    return {"down": (c[0], c[0], c[1], c[2]), "mid": (c[3],), "up": (c[3], c[3], c[2], c[1])}
+
+
 @dataclass(frozen=True)
 class LGMConfig:
     """The LGM options that shape the network (authors' `Options` + `num_frames`)."""
@@ -115,9 +121,7 @@ class Preset:
 
     @property
     def plucker_channels(self) -> dict[str, tuple[int, ...]]:
-        """Out widths of the 9 Plücker MLPs (authors hard-code [C0,C0,C1,C2] / C3 / [C3,C3,C2,C1])."""
-        c = self.unet["block_out_channels"]
-        return {"down": (c[0], c[0], c[1], c[2]), "mid": (c[3],), "up": (c[3], c[3], c[2], c[1])}
+        return plucker_widths(self.unet["block_out_channels"])
 
     def replace(self, **changes) -> "Preset":
         return dataclasses.replace(self, **changes)

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ort3d.models.mv_unet import MVCheckpointError, MVModel, mv_config_from_state_dict, plucker_widths
-from ort3d.models.presets import FULL, TINY, unet_config
+from ort3d.models.mv_unet import MVCheckpointError, MVModel, mv_config_from_state_dict
+from ort3d.models.presets import FULL, TINY, plucker_widths, unet_config
 
 FULL_KEYS = Path(__file__).resolve().parents[1] / "data" / "full_keys_mv.json"
 
@@ -48,9 +48,13 @@ def test_unchanged_width_drops_exactly_the_width_change_layers(full_state):
     assert list(meta_state(preset)) == [k for k in full_state if k not in width_change_1_to_2]
 
 
-@pytest.mark.parametrize("preset", [FULL, TINY], ids=["full", "tiny"])
-def test_plucker_widths_follow_the_preset_formula(preset):
-    assert plucker_widths(preset.unet["block_out_channels"]) == preset.plucker_channels
+def test_plucker_widths_are_the_released_ones():
+    """SPEC §1.2: down 320, 320, 640, 1280; mid 1280; up 1280, 1280, 1280, 640 (the MLPs built
+    from them are checked key by key above)."""
+    assert FULL.plucker_channels == {"down": (320, 320, 640, 1280), "mid": (1280,),
+                                     "up": (1280, 1280, 1280, 640)}
+    assert plucker_widths((32, 64, 96, 96)) == TINY.plucker_channels == {
+        "down": (32, 32, 64, 96), "mid": (96,), "up": (96, 96, 96, 64)}
 
 
 @pytest.mark.parametrize("preset", [FULL, TINY], ids=["full", "tiny"])
