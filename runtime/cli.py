@@ -129,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
         out_dir = pathlib.Path(args.out)
         _check_out_dir(out_dir)
         device = resolve_device(args.device)
+        if (args.renderer == "triton" and device.type != "cuda"
+                and os.environ.get("TRITON_INTERPRET") != "1"):
+            raise UsageError("--renderer triton needs a CUDA device (or TRITON_INTERPRET=1 for "
+                             "Triton's slow CPU interpreter)")
         runner = _build_runner(args, device)
     except Exception as exc:   # noqa: BLE001 - every setup failure is one line, exit 2
         from ort3d.models.checkpoint import CheckpointError

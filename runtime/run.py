@@ -63,8 +63,11 @@ class Runner:
             "preset": preset.name, "checkpoint": args.checkpoint, "svd": args.svd,
             "steps": args.steps, "seed": args.seed, "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "dtype": args.dtype, "weight_dtype": str(weight_dtype).removeprefix("torch."),
-            "autocast_dtype": None if autocast_dtype is None else str(autocast_dtype).removeprefix("torch."),
+            # The exported backends run what their graphs/engines hold (see their manifest).
+            "dtype": args.dtype if args.backend == "eager" else None,
+            "weight_dtype": str(weight_dtype).removeprefix("torch.") if args.backend == "eager" else None,
+            "autocast_dtype": (str(autocast_dtype).removeprefix("torch.")
+                               if args.backend == "eager" and autocast_dtype is not None else None),
             "backend": args.backend, "engines": args.engines, "renderer": args.renderer, "q1_compat": args.q1_compat,
             "exact_final_decode": args.exact_final_decode, "orbit_frames": 0 if args.no_video else args.orbit_frames,
             "elevation": args.elevation, "rembg": args.rembg,

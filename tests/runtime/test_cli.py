@@ -187,3 +187,11 @@ def test_console_script_reports_version_and_exit_code():
     missing = subprocess.run([sys.executable, "-m", "ort3d.runtime.cli", "--steps", "0", "x.png"],
                              capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "steps" in missing.stderr
+
+
+def test_triton_renderer_without_cuda_or_interpreter_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    image = object_image(tmp_path / "t.png")
+    code, err = run_cli([image, "--out", tmp_path / "out", "--renderer", "triton", "--device", "cpu",
+                         "--quiet"], capsys)
+    assert code == 2 and "needs a CUDA device" in err and len(err.strip().splitlines()) == 1
