@@ -225,6 +225,10 @@ class LGM(nn.Module):
         self.cfg = cfg
         self.unet = UNet(cfg)
         self.conv = nn.Conv2d(OUT_CHANNELS, OUT_CHANNELS, 1)
+        # Kept on the model's device (not in checkpoints): building them from Python lists at
+        # every call would be a blocking host-to-device copy inside the denoising loop.
+        self.register_buffer("imagenet_mean", torch.tensor(IMAGENET_MEAN).view(3, 1, 1), persistent=False)
+        self.register_buffer("imagenet_std", torch.tensor(IMAGENET_STD).view(3, 1, 1), persistent=False)
 
     @classmethod
     def from_preset(cls, preset: Preset, device=None) -> "LGM":
@@ -233,14 +237,19 @@ class LGM(nn.Module):
         model = init_deterministic(cls(preset.lgm), preset.seed, "lgm")
         return model if device is None else model.to(device)
 
-    def view_indices(self, num_views: int) -> torch.Tensor:
-        """Views fed to the network: every (V // num_frames)-th when V > num_frames (SPEC §5.1.2)."""
+    def view_stride(self, num_views: int) -> int:
+        """Views fed to the network are views[::stride]: every (V // num_frames)-th when
+        V > num_frames (SPEC §5.1.2)."""
         nf = self.cfg.num_frames
-        index = torch.arange(0, num_views, num_views // nf) if num_views > nf else torch.arange(num_views)
-        if len(index) != nf:
-            raise LGMConfigError(f"LGM needs {nf} views; {num_views} views give {len(index)} "
+        stride = num_views // nf if num_views > nf else 1
+        count = len(range(0, num_views, stride))
+        if count != nf:
+            raise LGMConfigError(f"LGM needs {nf} views; {num_views} views give {count} "
                                  f"with arange(0, V, V // {nf})")
-        return index
+        return stride
+
+    def view_indices(self, num_views: int) -> torch.Tensor:
+        return torch.arange(0, num_views, self.view_stride(num_views))
 
     def rays(self, c2w: torch.Tensor, fov_deg) -> torch.Tensor:
         """[V,6,S,S] Plücker rays of the cameras at the network's input size; constant per camera
@@ -259,21 +268,20 @@ class LGM(nn.Module):
     def prepare_inputs(self, images, c2w=None, fov=None, rays=None) -> torch.Tensor:
         """Network input [B·num_frames, 9, S, S]: ImageNet-normalised RGB | Plücker rays."""
         b, v = images.shape[:2]
-        index = self.view_indices(v)
+        step = self.view_stride(v)   # views[::step]: a slice, no index tensor to copy to the device
         nf, size = self.cfg.num_frames, self.cfg.input_size
         if rays is None:
             if c2w is None or fov is None:
                 raise ValueError("forward_gaussians needs c2w and fov, or precomputed rays")
-            c2w, fov = c2w[..., index.to(c2w.device), :, :], torch.as_tensor(fov)[..., index]
+            c2w, fov = c2w[..., ::step, :, :], torch.as_tensor(fov)[..., ::step]
             rays = self.rays(c2w.reshape(-1, 4, 4), fov.reshape(-1)).reshape(*c2w.shape[:-2], 6, size, size)
         elif rays.shape[-4] == v != nf:
-            rays = rays[..., index.to(rays.device), :, :, :]
+            rays = rays[..., ::step, :, :, :]
         rays = rays.expand(b, nf, 6, size, size).reshape(b * nf, 6, size, size)
 
-        x = 0.5 * images[:, index.to(images.device)] + 0.5          # Q8: no clamp
+        x = 0.5 * images[:, ::step] + 0.5          # Q8: no clamp
         x = x.reshape(b * nf, *x.shape[2:])
-        mean = torch.as_tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device)[:, None, None]
-        std = torch.as_tensor(IMAGENET_STD, dtype=x.dtype, device=x.device)[:, None, None]
+        mean, std = self.imagenet_mean.to(x.dtype), self.imagenet_std.to(x.dtype)
         x = F.interpolate((x - mean) / std, size=(size, size), mode="bilinear", align_corners=False)
         return torch.cat([x, rays], dim=1).to(images.dtype)
 
