@@ -6,17 +6,15 @@ thread count changes, so fp32 comparisons of differently-shaped but equivalent c
 """
 
 import copy
-import json
-from pathlib import Path
 
 import pytest
 import torch
 
+from ort3d.models.cameras import load_feedback_cameras
 from ort3d.models.mv_unet import MVModel, temporal_context_index
 from ort3d.models.presets import TINY
 from ort3d.models.weights import init_deterministic
 
-CAMERAS = Path(__file__).resolve().parents[2] / "models" / "data" / "cameras.json"
 B, F, S = 2, TINY.num_views, TINY.latent_size
 C = TINY.unet["block_out_channels"]
 FP32_NOISE = 3e-6     # see the module docstring
@@ -34,7 +32,7 @@ def model():
 @pytest.fixture(scope="module")
 def inputs():
     gen = torch.Generator().manual_seed(0)
-    data = json.loads(CAMERAS.read_text())
+    cams = load_feedback_cameras()
     dim = TINY.unet["cross_attention_dim"]
     return dict(
         sample=torch.randn(B, F, 8, S, S, generator=gen),
@@ -42,8 +40,8 @@ def inputs():
         # CFG: unconditional half has a zero context, the conditional one an image embedding.
         context=torch.cat([torch.zeros(1, 1, dim), torch.randn(1, 1, dim, generator=gen)]),
         added_time_ids=torch.tensor([[6.0, 127.0, 0.02]] * B),
-        intrinsics=torch.tensor(data["intrinsics"]["data"], dtype=torch.float64).float(),
-        c2w=torch.tensor(data["c2w"]["data"], dtype=torch.float64).float(),
+        intrinsics=cams.intrinsics,
+        c2w=cams.c2w,
         rgb=torch.rand(F, 3, TINY.image_size, TINY.image_size, generator=gen),
         ccm=torch.rand(F, 3, TINY.image_size, TINY.image_size, generator=gen),
     )

@@ -1,22 +1,16 @@
 """Plücker rays and embeddings against SPEC §3.2 (quirks Q2 and Q4)."""
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
 
+from ort3d.models.cameras import load_feedback_cameras
 from ort3d.models.plucker import PLUCKER_DIMS, PluckerEmbedding, encode_plucker, sample_rays
-
-CAMERAS = Path(__file__).resolve().parents[2] / "models" / "data" / "cameras.json"
 
 
 @pytest.fixture(scope="module")
 def cameras():
-    data = json.loads(CAMERAS.read_text())
-    intrinsics = torch.tensor(data["intrinsics"]["data"], dtype=torch.float64).float()
-    c2w = torch.tensor(data["c2w"]["data"], dtype=torch.float64).float()
-    return intrinsics, c2w
+    cams = load_feedback_cameras()
+    return cams.intrinsics, cams.c2w
 
 
 def test_spec_value_view0_pixel00(cameras):
