@@ -8,7 +8,7 @@ the device, and nothing inside a step reads a value back to the host.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -53,7 +53,6 @@ class RunResult:
     views: torch.Tensor          # [F,3,S,S] in [0,1]
     gaussians: torch.Tensor      # [N,14], the last step's (DESIGN §3 buffer contents)
     timings: TimingReport
-    extras: dict = field(default_factory=dict)
 
 
 class RecursivePipeline:
