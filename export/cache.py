@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 # The fields that determine a TensorRT engine (DESIGN §3, "Engine manifest").
 ENGINE_KEY_FIELDS = ("onnx_sha256", "shapes", "precision_flags", "tensorrt_version", "gpu_name",
@@ -56,29 +54,6 @@ def artefact_sha256(directory: str | os.PathLike, files: list[str]) -> str:
 def entry_files(entry: dict) -> list[str]:
     """The files of a manifest entry: its `file` then its `external_data` (if any)."""
     return [entry["file"], *entry.get("external_data", [])]
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[object], None] | bytes) -> None:
-    """Write through a temporary file in the same folder, fsync, then rename over `path`, so a
-    reader (or a crash) never sees a half-written engine, cache or manifest."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.chmod(tmp, 0o666 & ~umask)      # mkstemp's 0600 would make artefacts private
-        with os.fdopen(fd, "wb") as handle:
-            if isinstance(write, (bytes, bytearray, memoryview)):
-                handle.write(write)
-            else:
-                write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def key_differences(old: dict, new: dict) -> list[str]:

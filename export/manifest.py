@@ -17,7 +17,8 @@ import re
 from importlib import resources
 from pathlib import Path
 
-from ort3d.export.cache import artefact_sha256, atomic_write, entry_files
+from ort3d.export.atomic import atomic_write
+from ort3d.export.cache import artefact_sha256, entry_files
 from ort3d.export.errors import ExportError
 from ort3d.models.version import __version__
 

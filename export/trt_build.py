@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ort3d.export.cache import atomic_write
+from ort3d.export.atomic import atomic_write
 from ort3d.export.errors import ExportError
 from ort3d.export.specs import NetworkSpec
 

@@ -7,14 +7,13 @@ never leaves a partial output behind (and never destroys a previous complete one
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import secrets
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from ort3d.export.atomic import atomic_path
 
 SH_C0 = 0.28209479177387814      # degree-0 spherical-harmonic constant of the 3DGS .ply format
 GRID_COLUMNS = 4                 # views per grid row, as the reference's save_image(nrow=4)
@@ -23,24 +22,6 @@ GRID_PADDING = 2                 # px of black between and around the tiles (tor
 # The reference's .ply properties, in its order (LGM gs.py save_ply).
 PLY_PROPERTIES = ("x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity",
                   "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3")
-
-
-@contextlib.contextmanager
-def atomic_path(path):
-    """Yield a temporary path next to `path` (same extension); rename it onto `path` on success,
-    delete it on any exception."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.partial{path.suffix}")
-    # Reserve the name; mode 0o666 lets the umask decide the final permissions as for open().
-    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _as_tensor(x, name: str) -> torch.Tensor:

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from ort3d.export.build import BuildOptions, build_artefacts
-from ort3d.export.cache import ENGINE_KEY_FIELDS, artefact_sha256, atomic_write, decide
+from ort3d.export.atomic import atomic_write
+from ort3d.export.cache import ENGINE_KEY_FIELDS, artefact_sha256, decide
 from ort3d.export.errors import ExportError
 from ort3d.export.manifest import MANIFEST_NAME, first_schema_error, load_schema, read_manifest
 from ort3d.export.specs import NETWORK_NAMES, network_specs
