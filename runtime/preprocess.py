@@ -1,4 +1,4 @@
-"""Input image -> the conditioning image of the pipeline (SPEC §2.1).
+"""Input image -> the conditioning image of the pipeline (docs/inference.md#preprocessing).
 
 Steps, as the reference `inference.py` does them:
 1. read the file (Pillow; EXIF orientation applied; every mode turned into RGBA uint8);
@@ -216,7 +216,7 @@ def recenter(rgba: np.ndarray, mask: np.ndarray, border_ratio: float = 0.2,
 # ----------------------------------------------------------------------------- entry point
 
 def preprocess(path, image_size: int, rembg_model: str | None = None) -> Preprocessed:
-    """Image file -> conditioning tensor [1, 3, image_size, image_size] in [-1, 1] (SPEC §2.1)."""
+    """Image file -> conditioning tensor [1, 3, image_size, image_size] in [-1, 1] (docs/inference.md#preprocessing)."""
     rgba, had_alpha = load_image(path)
     notes = []
     if rembg_model is not None:
