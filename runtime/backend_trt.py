@@ -1,5 +1,5 @@
 """The `trt` backend: TensorRT 10 engines with static device buffers bound once by name and
-`execute_async_v3` on the caller's current CUDA stream (DESIGN §6). TensorRT is imported lazily.
+`execute_async_v3` on the caller's current CUDA stream (docs/architecture.md#backends). TensorRT is imported lazily.
 
 Before anything is deserialised, the manifest must say the engines were built by this ort3d
 version, for this TensorRT version and this GPU, and every engine file must have the sha256 the
