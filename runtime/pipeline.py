@@ -1,4 +1,4 @@
-"""The recursive denoising loop of Ouroboros3D (SPEC §2), over any backend's networks.
+"""The recursive denoising loop of Ouroboros3D (docs/inference.md#the-loop), over any backend's networks.
 
 One step: UNet (CFG batch 2×F) -> guidance + Euler/EDM step -> VAE-decode x0 -> LGM -> render the
 F feedback views -> CCM + pixel-unshuffle -> adapters (once, shared by both CFG halves) -> next
@@ -42,7 +42,7 @@ class LoopState:
     latent_cfg: torch.Tensor     # [2,F,4,s,s] VAE condition latent, zeros for the uncond half
     time_ids: torch.Tensor       # [2,3]
     features: list               # adapter features for the next UNet call (backend-specific)
-    gaussians: torch.Tensor      # [1,N,14] the persistent Gaussian buffer (DESIGN §3)
+    gaussians: torch.Tensor      # [1,N,14] the persistent Gaussian buffer (docs/architecture.md#gaussian-buffer)
     decoded: torch.Tensor        # [F,3,S,S] the last decoded x0
     timer: StageTimer
     guard: FiniteGuard
@@ -51,7 +51,7 @@ class LoopState:
 @dataclass
 class RunResult:
     views: torch.Tensor          # [F,3,S,S] in [0,1]
-    gaussians: torch.Tensor      # [N,14], the last step's (DESIGN §3 buffer contents)
+    gaussians: torch.Tensor      # [N,14], the last step's (docs/architecture.md#gaussian-buffer)
     timings: TimingReport
 
 
@@ -94,7 +94,7 @@ class RecursivePipeline:
         generator = torch.Generator(device=self.device).manual_seed(seed)
         image = image.to(self.device, torch.float32)
 
-        # RNG order as the reference (SPEC §2.5): condition noise first, then the initial latents.
+        # RNG order as the reference (docs/inference.md#seeding): condition noise first, then the initial latents.
         noise = torch.randn(image.shape, generator=generator, device=self.device)
         with timer.stage("image_encoder"):
             embedding = nets.encode_image(image)
@@ -200,7 +200,7 @@ class RecursivePipeline:
     # ---------------------------------------------------------------- outputs
     def render_orbit(self, gaussians: torch.Tensor, num_frames: int, elevation_deg: float = 0.0,
                      chunk: int = 8) -> torch.Tensor:
-        """RGB frames [T,3,S,S] in [0,1] of an orbit around the Gaussians (SPEC §2.7)."""
+        """RGB frames [T,3,S,S] in [0,1] of an orbit around the Gaussians (docs/inference.md#orbit-video)."""
         size = self.preset.image_size
         c2w = orbit_c2w(num_frames, radius=1.5, elevation_deg=elevation_deg).to(self.device)
         fov = torch.full((num_frames,), ORBIT_FOV_DEG, device=self.device)
