@@ -1,6 +1,6 @@
 """Feedback maps for the adapters: the canonical coordinate map (CCM) and the input layout.
 
-`ccm_from_depth` reproduces the reference `get_position_map` (SPEC §6.3, quirk Q5) exactly:
+`ccm_from_depth` reproduces the reference `get_position_map` (docs/renderers.md#ccm, docs/quirks.md#q5) exactly:
 back-projection with INTEGER pixel indices and NORMALISED intrinsics (no +0.5, depth not
 normalised), W = c2w·[X, Y, Z, 1], background forced to 0, then clamp(W·0.001 + 0.5, 0, 1).
 The reference runs the c2w matmul under fp16 autocast; `matmul_dtype=torch.float16` emulates it
