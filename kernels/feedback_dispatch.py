@@ -43,7 +43,7 @@ class FeedbackOutput(NamedTuple):
 def prepare_render_cameras(c2w: torch.Tensor, fov_deg, intrinsics_norm: torch.Tensor,
                            height: int, width: int, device=None) -> RenderCameras:
     """Cameras for `render_feedback` from c2w [V,4,4] (OpenCV), the full field of view in degrees
-    (float or [V]) and normalised intrinsics [V,3,3] (SPEC §6.1, §6.3). Call once per run."""
+    (float or [V]) and normalised intrinsics [V,3,3] (docs/renderers.md). Call once per run."""
     if height % 8 or width % 8:
         raise ValueError(f"feedback maps need height and width divisible by 8, got {height}×{width}")
     c2w = c2w.float().cpu()
