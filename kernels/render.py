@@ -1,6 +1,6 @@
 """Pure-torch reference Gaussian renderer with diff-gaussian-rasterization forward semantics.
 
-This is the exact reference maths (SPEC §6.2, quirk Q19) that fused kernels are tested against,
+This is the exact reference maths (docs/renderers.md, docs/quirks.md#q19) that fused kernels are tested against,
 stage by stage: `project_gaussians` (preprocess), `bin_gaussians` (tile lists sorted by depth) and
 `composite_tiles` (per-pixel front-to-back blending). Everything runs in float32 and uses explicit
 element-wise sums instead of matmuls, so a global TF32 switch can never change the results.
