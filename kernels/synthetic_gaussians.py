@@ -1,6 +1,6 @@
 """Synthetic Gaussian scenes and cameras for renderer tests and benchmarks (no model needed).
 
-Gaussians use the pipeline's [B, N, 14] layout (DESIGN §3): pos(3) opacity(1) scale(3)
+Gaussians use the pipeline's [B, N, 14] layout (docs/architecture.md#gaussian-buffer): pos(3) opacity(1) scale(3)
 rot(4: w,x,y,z) rgb(3), activations applied, quaternions normalised over the Gaussian axis like
 LGM's output (quirk Q19).
 """
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 def look_at_c2w(azimuth_deg, elevation_deg: float = 0.0, radius: float = 1.7) -> torch.Tensor:
     """OpenCV camera-to-world [V,4,4] looking at the origin from (r·sin a·cos e, −r·sin e, r·cos a·cos e),
-    camera y pointing to world −y (the feedback cameras' convention, SPEC Appendix A)."""
+    camera y pointing to world −y (the feedback cameras' convention, docs/inference.md#cameras)."""
     a = torch.as_tensor(azimuth_deg, dtype=torch.float64).reshape(-1) * (math.pi / 180)
     e = math.radians(elevation_deg)
     pos = torch.stack([radius * torch.sin(a) * math.cos(e), torch.full_like(a, -radius * math.sin(e)),
