@@ -1,4 +1,4 @@
-"""Triton epilogue helpers: the CCM of SPEC §6.3 and the adapters' pixel-unshuffled layout.
+"""Triton epilogue helpers: the CCM (docs/renderers.md#ccm) and the adapters' pixel-unshuffled layout.
 
 Called per pixel from the compositing kernel, so the depth never leaves registers.
 """
