@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-# The fields that determine a TensorRT engine (DESIGN §3, "Engine manifest").
+# The fields that determine a TensorRT engine (docs/manifest.md#engine-entry).
 ENGINE_KEY_FIELDS = ("onnx_sha256", "shapes", "precision_flags", "tensorrt_version", "gpu_name",
                      "compute_capability", "ort3d_version")
 
