@@ -1,4 +1,4 @@
-"""The engine-set manifest: one JSON per artefact folder (DESIGN §3 "Engine manifest").
+"""The engine-set manifest: one JSON per artefact folder (docs/manifest.md).
 
 For each network it records the I/O table, the export options baked into the graph, the ONNX
 graph (file, external-data files, sha256, the key it was exported under) and, when TensorRT built
