@@ -14,7 +14,7 @@ views, image S², latent s = S/8, context width D, adapter widths C0..C3 (all fl
     vae_decoder    latents [F,4,s,s] (already / scaling_factor) -> images [F,3,S,S] (unclamped)
     lgm            images [1,F,3,S,S], timestep [1]             -> gaussians [1,N,14]
 
-Hoisted constants (SPEC §3.7), the choices made here:
+Hoisted constants (docs/inference.md#hoisted-constants), the choices made here:
 - Plücker embeddings (UNet) and LGM rays depend only on the cameras, which are fixed data of the
   released model (models/data/cameras.json), so they are FOLDED into the graphs as constants;
   the spec records the cameras' sha256 in `options` and a backend refuses other cameras.
@@ -60,7 +60,7 @@ class TensorSpec:
             return torch.rand(shape, generator=generator)
         if self.kind == "signed":
             return torch.rand(shape, generator=generator) * 2 - 1
-        if self.kind == "timestep":     # 0.25·ln σ spans about [-1.55, 1.64] (SPEC Appendix B)
+        if self.kind == "timestep":     # 0.25·ln σ spans about [-1.55, 1.64] (docs/inference.md#sigma-table)
             return torch.rand(shape, generator=generator) * 3.2 - 1.6
         if self.kind == "time_ids":     # around [fps-1, motion bucket, noise aug] = [6, 127, 0.02]
             base = torch.tensor([6.0, 127.0, 0.02])
