@@ -1,4 +1,4 @@
-"""TensorRT 10 engine building (DESIGN §6). TensorRT is imported lazily: nothing here runs in CI.
+"""TensorRT 10 engine building (docs/architecture.md#backends). TensorRT is imported lazily: nothing here runs in CI.
 
 Written against the documented TensorRT 10 Python API: a network from `builder.create_network(0)`
 (every network is explicit-batch in TensorRT 10; the EXPLICIT_BATCH flag is deprecated and
