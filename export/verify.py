@@ -1,6 +1,6 @@
 """`--verify`: each ONNX graph run in ONNX Runtime (CPU) against the eager module on fresh
 random inputs, reported as relative error ‖out − ref‖ / ‖ref‖ and max-abs per output
-(DESIGN §4: fp32 paths match the eager reference to ~1e-5; a NaN never passes)."""
+(docs/precision.md#parity-tolerances: fp32 paths match the eager reference to ~1e-5; a NaN never passes)."""
 
 from __future__ import annotations
 
