@@ -1,4 +1,4 @@
-"""The feedback-map adapter: the authors' Adapter_XL as configured for Ouroboros3D (SPEC §4).
+"""The feedback-map adapter: the authors' Adapter_XL as configured for Ouroboros3D (docs/inference.md#adapter).
 
 Configuration baked in (configs/mv/infer.yaml): cin = 3·8·8 = 192 (pixel-unshuffle by 8), sk=True
 (identity skips, a 1×1 `in_conv` only where the width changes), use_conv=False (2×2 average-pool
