@@ -1,7 +1,7 @@
 """Camera data: the 8 feedback cameras of the released model and the orbit-video cameras.
 
 All c2w matrices are camera-to-world in the OpenCV convention (x right, y down, z forward),
-float32, world y up (SPEC §0, §2.2, §2.7).
+float32, world y up (docs/inference.md#cameras).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 
 @dataclass(frozen=True)
 class FeedbackCameras:
-    c2w: torch.Tensor          # [V,4,4] float32 (the npy is float64; the reference casts: SPEC §2.2)
+    c2w: torch.Tensor          # [V,4,4] float32 (the npy is float64; the reference casts)
     fov_deg: torch.Tensor      # [V] float32, full field of view in degrees
     intrinsics: torch.Tensor   # [V,3,3] float32, normalised (fx, cx divided by the image size)
 
@@ -36,7 +36,7 @@ def load_feedback_cameras() -> FeedbackCameras:
 
 
 def orbit_c2w(num_frames: int, radius: float = 1.5, elevation_deg: float = 0.0) -> torch.Tensor:
-    """Cameras circling the object for the orbit video (SPEC §2.7, kiui.orbit_camera).
+    """Cameras circling the object for the orbit video (docs/inference.md#cameras, kiui.orbit_camera).
 
     Azimuth 0..360° (exclusive) from +z towards +x; positive elevation puts the camera above the
     object. Built as an OpenGL look-at (columns right, up, forward with forward pointing from the
@@ -60,4 +60,4 @@ def orbit_c2w(num_frames: int, radius: float = 1.5, elevation_deg: float = 0.0) 
     return c2w.to(torch.float32)
 
 
-ORBIT_FOV_DEG = 49.1    # LGM's video camera (SPEC §2.7, Q13), not the feedback cameras' 39.6°
+ORBIT_FOV_DEG = 49.1    # LGM's video camera (docs/quirks.md#q13), not the feedback cameras' 39.6°
