@@ -1,6 +1,6 @@
 """All networks of one run, from released checkpoints or from deterministic random weights.
 
-Real weights need two folders (DESIGN §3, SPEC §1.1-1.3): the Ouroboros3D folder
+Real weights need two folders (docs/architecture.md#checkpoints): the Ouroboros3D folder
 (`mv_model_unet.pth`, `recon_model.pth`, or `.safetensors`) and the SVD base folder in diffusers
 layout (`ort3d.models.svd_folder`). Architectures come from the SVD configs and from tensor
 shapes; every file is checked key by key. Nothing is ever downloaded.
