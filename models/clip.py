@@ -1,4 +1,4 @@
-"""SVD's image conditioning: antialiased resize + CLIP normalisation + ViT image embedding (SPEC §2.3).
+"""SVD's image conditioning: antialiased resize + CLIP normalisation + ViT image embedding (docs/inference.md#conditioning).
 
 The resize is SVD's `_resize_with_antialiasing` (a skimage-style Gaussian prefilter, then bicubic
 with align_corners=True), written out here so it does not depend on a private diffusers function.
@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-# Standard OpenAI CLIP normalisation, as shipped in SVD's feature_extractor (SPEC §1.4).
+# Standard OpenAI CLIP normalisation, as shipped in SVD's feature_extractor (docs/inference.md#conditioning).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
