@@ -1,4 +1,4 @@
-"""LGM, the Gaussian reconstruction network of Ouroboros3D (SPEC §5).
+"""LGM, the Gaussian reconstruction network of Ouroboros3D (docs/inference.md#lgm).
 
 Module names and construction order follow the authors' src/models/network/lgm/{models,unet}.py,
 so the state-dict keys (and their order) equal the released `recon_model.pth`, and weights made by
@@ -42,7 +42,7 @@ def timestep_embedding(t: torch.Tensor, channels: int) -> torch.Tensor:
 
 
 def plucker_rays(c2w: torch.Tensor, fov_deg, size: int) -> torch.Tensor:
-    """Plücker rays [o × d, d] of each camera, [V,6,size,size] (SPEC §5.1.4).
+    """Plücker rays [o × d, d] of each camera, [V,6,size,size] (docs/inference.md#lgm-input).
 
     Mirrors the authors' get_rays(opengl=False): one camera at a time with the focal length as a
     Python scalar (a CUDA division by a scalar multiplies by its reciprocal, so this keeps the
@@ -239,7 +239,7 @@ class LGM(nn.Module):
 
     def view_stride(self, num_views: int) -> int:
         """Views fed to the network are views[::stride]: every (V // num_frames)-th when
-        V > num_frames (SPEC §5.1.2)."""
+        V > num_frames (docs/inference.md#lgm-input)."""
         nf = self.cfg.num_frames
         stride = num_views // nf if num_views > nf else 1
         count = len(range(0, num_views, stride))
