@@ -3,9 +3,9 @@
 Built on diffusers' UNetSpatioTemporalConditionModel and its blocks (state-dict keys equal the
 released `mv_model_unet.pth`). diffusers' block forwards have no hook for the adapter features,
 so `MVModel.forward` drives the blocks' sub-modules itself, mirroring diffusers' down/mid/up
-block and TransformerSpatioTemporalModel forwards step for step (SPEC §3.4, §3.5).
+block and TransformerSpatioTemporalModel forwards step for step (docs/inference.md#mvmodel).
 
-Reference semantics reproduced (SPEC §3, §8):
+Reference semantics reproduced (docs/inference.md#mvmodel, docs/quirks.md):
 - Q18: the timestep is cast to the sample dtype before the sinusoidal projection.
 - Q3: the authors add each Plücker embedding in place to a tensor that is already stored as a
   skip connection, so skips #0, #3, #6, #9 and #11 carry the Plücker term; here the add is
@@ -15,7 +15,7 @@ Reference semantics reproduced (SPEC §3, §8):
 - Q1 (opt-in, `q1_compat=True`): diffusers 0.25's temporal cross-attention context, where the
   temporal sequence n = b·HW + s uses the context of batch n mod B (for even HW: s mod B).
 
-Hoisting (SPEC §3.7): the 9 Plücker embeddings depend only on the cameras, and every
+Hoisting (docs/inference.md#hoisted-constants): the 9 Plücker embeddings depend only on the cameras, and every
 cross-attention sees a single context token, so softmax is exactly 1 and
 attn2(x, ctx) = to_out(to_v(ctx)) whatever x is: `plucker_embeddings` and `context_constants`
 compute them once and `forward(plucker=..., context=...)` reuses them.
