@@ -1,4 +1,4 @@
-"""Plücker ray embeddings of the multi-view UNet, exactly as the authors compute them (SPEC §3.2).
+"""Plücker ray embeddings of the multi-view UNet, exactly as the authors compute them (docs/inference.md#plucker-embeddings).
 
 Two quirks are reproduced on purpose because the released weights were trained with them:
 - Q2: the pixel grid is transposed (the row coordinate feeds camera x) and the lifted point is
