@@ -1,7 +1,7 @@
 """Model presets: `full` (the released shapes) and `tiny` (same architecture, tiny widths).
 
 A preset fixes every hyper-parameter the networks and the loop need. The loop never branches on
-the preset: only shapes differ (DESIGN §3). Checkpoint loading starts from a preset and replaces
+the preset: only shapes differ (docs/architecture.md#presets). Checkpoint loading starts from a preset and replaces
 what it can read from the files (configs, tensor shapes).
 """
 
@@ -153,7 +153,7 @@ FULL = Preset(
 # changes), so it goes through the same loading paths. Attention heads stay 32 wide, as FULL's
 # stay 64. The deepest levels are ≥ 64 wide (a 32-channel GroupNorm level has one channel per
 # group and cancels per-channel constants such as the time embedding, see
-# reference/PARITY-HARNESS.md). 128² views -> 16² latents, UNet bottom level 2×2; LGM up widths
+# docs/precision.md#parity-fixtures). 128² views -> 16² latents, UNet bottom level 2×2; LGM up widths
 # mirror its down widths as FULL's do; LGM splats 32² (4096 Gaussians).
 TINY = Preset(
     name="tiny",
