@@ -1,4 +1,4 @@
-"""SVD's sampler: EDM-style Euler with Karras sigmas and v-prediction (SPEC §2.4, Appendix B).
+"""SVD's sampler: EDM-style Euler with Karras sigmas and v-prediction (docs/inference.md#scheduler).
 
 The whole schedule is precomputed as float32 tables so a runtime can index them by a step index
 that lives on the device (no host sync per step). The numbers are those of diffusers'
