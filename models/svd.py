@@ -1,4 +1,4 @@
-"""SVD micro-conditioning constants (SPEC §2.3)."""
+"""SVD micro-conditioning constants (docs/inference.md#conditioning)."""
 
 from __future__ import annotations
 
