@@ -1,4 +1,4 @@
-"""The SVD base model folder in diffusers layout, read without any hub logic (SPEC §1.1, §1.4).
+"""The SVD base model folder in diffusers layout, read without any hub logic (docs/architecture.md#checkpoints).
 
     unet/config.json                          -> the MVModel's UNet architecture (weights unused:
                                                  mv_model_unet.pth holds the fine-tuned UNet)
@@ -8,7 +8,7 @@
     scheduler/scheduler_config.json
 
 Where both exist, the fp16 variant is preferred: the reference pipeline loads `variant="fp16"`
-(SPEC §0), and loading it into float32 gives exactly the reference's weights.
+(docs/architecture.md#checkpoints), and loading it into float32 gives exactly the reference's weights.
 """
 
 from __future__ import annotations
