@@ -1,4 +1,4 @@
-"""SVD's VAE: diffusers' AutoencoderKLTemporalDecoder (SPEC §1.4, §2.3, Appendix C).
+"""SVD's VAE: diffusers' AutoencoderKLTemporalDecoder (docs/inference.md#conditioning, docs/inference.md#the-loop).
 
 The two entry points call the encoder/decoder submodules directly (no distribution objects, no
 chunking) so they trace and export as plain graphs.
