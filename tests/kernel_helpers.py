@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-# The released normalised intrinsics of every feedback view (SPEC App. A).
+# The released normalised intrinsics of every feedback view (docs/inference.md#cameras).
 INTRINSICS = torch.tensor([[1.3888888359069824, 0.0, 0.5], [0.0, 1.3888888359069824, 0.5],
                            [0.0, 0.0, 1.0]])
 
