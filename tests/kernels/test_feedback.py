@@ -1,4 +1,4 @@
-"""CCM (SPEC §6.3, Q5) against its closed form, the fp16 emulation, and the adapter input layout."""
+"""CCM (docs/renderers.md#ccm, docs/quirks.md#q5) against its closed form, the fp16 emulation, and the adapter input layout."""
 
 import json
 from pathlib import Path
