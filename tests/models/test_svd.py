@@ -31,7 +31,7 @@ def test_antialias_kernel_for_512_to_224():
     sigma, size = antialias_sigma_and_size(512, 224)
     assert size == 3 and sigma == pytest.approx(0.6428571, abs=1e-7)
     kernel = gaussian_kernel1d(size, sigma)
-    # SPEC §2.3 prints the float32 kernel to 8 significant digits.
+    # docs/inference.md#conditioning prints the float32 kernel to 8 significant digits.
     torch.testing.assert_close(kernel, torch.tensor([0.18680868, 0.62638265, 0.18680868]),
                                rtol=0, atol=1e-8)
 
