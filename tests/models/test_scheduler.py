@@ -1,4 +1,4 @@
-"""The EDM Euler schedule against SPEC Appendix B and against diffusers' own scheduler."""
+"""The EDM Euler schedule against the sigma table (docs/inference.md#sigma-table) and against diffusers' own scheduler."""
 
 import pytest
 import torch
@@ -6,7 +6,7 @@ from diffusers import EulerDiscreteScheduler
 
 from ort3d.models.scheduler import EDMEulerSchedule, ScheduleConfig, ScheduleConfigError
 
-# SVD img2vid scheduler/scheduler_config.json (SPEC §1.4).
+# SVD img2vid scheduler/scheduler_config.json (docs/inference.md#scheduler).
 SVD_SCHEDULER_CONFIG = dict(
     _class_name="EulerDiscreteScheduler", beta_schedule="scaled_linear", beta_start=0.00085,
     beta_end=0.012, num_train_timesteps=1000, prediction_type="v_prediction",
@@ -14,7 +14,7 @@ SVD_SCHEDULER_CONFIG = dict(
     timestep_spacing="leading", timestep_type="continuous", steps_offset=1,
 )
 
-# SPEC Appendix B: sigma, t, c_in, c_skip, c_out, sigma_next for 25 steps.
+# docs/inference.md#sigma-table: sigma, t, c_in, c_skip, c_out, sigma_next for 25 steps.
 APPENDIX_B = [
     (700.0, 1.6377700567245483, 0.0014285699, 2.04081221e-06, -0.999998927, 545.729248046875),
     (545.729248046875, 1.575530767440796, 0.00183240743, 3.35771711e-06, -0.999998331, 421.5691223144531),
