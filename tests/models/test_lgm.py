@@ -1,4 +1,4 @@
-"""LGM semantics on the tiny preset (SPEC §5): input mapping (Q8), view selection, Plücker rays of
+"""LGM semantics on the tiny preset (docs/inference.md#lgm): input mapping (Q8), view selection, Plücker rays of
 the real cameras, live time path, and the output activations (Q9, Q19)."""
 
 import dataclasses
@@ -68,7 +68,7 @@ def test_input_is_unclamped_half_plus_half_then_imagenet_then_resized(model, ima
 
 
 def test_view_selection_takes_every_second_view(model, images, cameras):
-    """SPEC §5.1.2: views [0, 2, 4, 6] (images and cameras); the network input is all that the
+    """docs/inference.md#lgm-input: views [0, 2, 4, 6] (images and cameras); the network input is all that the
     output depends on, so comparing inputs shows which views matter."""
     assert model.view_indices(8).tolist() == [0, 2, 4, 6]
     assert model.view_indices(4).tolist() == [0, 1, 2, 3]
@@ -123,7 +123,7 @@ def test_precomputed_rays_give_the_same_gaussians(model, images, cameras, gaussi
 
 
 def test_rays_of_the_real_cameras_at_256(cameras):
-    """SPEC §5.1.4, values worked out in float64 from the ideal cameras (view 0 at +z looking at the
+    """docs/inference.md#lgm-input, values worked out in float64 from the ideal cameras (view 0 at +z looking at the
     origin, view 2 at +x), focal 128 / tan(19.7989°) = 355.5556, pixel centre (col - 127.5) / f."""
     c2w, fov = cameras
     rays = plucker_rays(c2w[[0, 2]], fov[[0, 2]], 256)
