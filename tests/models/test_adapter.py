@@ -1,4 +1,4 @@
-"""The feedback adapter: authors' key layout (SPEC §1.2, §4) and forward semantics."""
+"""The feedback adapter: authors' key layout (docs/inference.md#adapter) and forward semantics."""
 
 import json
 from pathlib import Path
@@ -30,7 +30,7 @@ def test_in_conv_only_where_width_changes():
 
 
 def _reference_forward(adapter, maps):
-    """Independent functional reading of SPEC §4 with the adapter's weights."""
+    """Independent functional reading of docs/inference.md#adapter with the adapter's weights."""
     x = F.pixel_unshuffle(maps, 8)
     x = F.conv2d(x, adapter.conv_in.weight, adapter.conv_in.bias, padding=1)
     features = []
