@@ -1,4 +1,4 @@
-"""Plücker rays and embeddings against SPEC §3.2 (quirks Q2 and Q4)."""
+"""Plücker rays and embeddings against docs/inference.md#plucker-embeddings (quirks Q2, Q4)."""
 
 import pytest
 import torch
@@ -16,7 +16,7 @@ def cameras():
 def test_spec_value_view0_pixel00(cameras):
     origins, directions = sample_rays(*cameras, resolution=8)
     assert origins.shape == directions.shape == (1, 8, 8, 8, 3)
-    # SPEC §3.2 quotes the value to 4 decimals.
+    # docs/inference.md#plucker-embeddings quotes the value to 4 decimals.
     expected = torch.tensor([-0.1134, 0.1134, -0.9871])
     assert torch.allclose(directions[0, 0, 0, 0], expected, atol=1e-4)
     assert torch.equal(origins[0, :, 3, 5], cameras[1][:, :3, 3])
@@ -45,7 +45,7 @@ def test_q2_transposed_grid_and_transposed_rotation(cameras):
     p_geom = torch.stack([cols, rows, torch.ones_like(rows)], dim=-1)
     d_geom = torch.einsum("fij,hwj->fhwi", R, p_geom)
     d_geom = d_geom / d_geom.norm(dim=-1, keepdim=True)
-    assert (directions[0].double() - d_geom).abs().max() > 0.2   # SPEC: they differ by up to 0.21+
+    assert (directions[0].double() - d_geom).abs().max() > 0.2   # the docs: up to 0.21
 
 
 def test_q4_ray_product_runs_in_half_under_autocast(cameras):
