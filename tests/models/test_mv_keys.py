@@ -1,4 +1,4 @@
-"""MVModel state-dict layout = the released mv_model_unet.pth (SPEC §1.2), and checkpoint config inference."""
+"""MVModel state-dict layout = the released mv_model_unet.pth (docs/architecture.md#checkpoints), and checkpoint config inference."""
 
 import json
 from pathlib import Path
@@ -49,7 +49,7 @@ def test_unchanged_width_drops_exactly_the_width_change_layers(full_state):
 
 
 def test_plucker_widths_are_the_released_ones():
-    """SPEC §1.2: down 320, 320, 640, 1280; mid 1280; up 1280, 1280, 1280, 640 (the MLPs built
+    """docs/inference.md#plucker-embeddings: down 320, 320, 640, 1280; mid 1280; up 1280, 1280, 1280, 640 (the MLPs built
     from them are checked key by key above)."""
     assert FULL.plucker_channels == {"down": (320, 320, 640, 1280), "mid": (1280,),
                                      "up": (1280, 1280, 1280, 640)}
