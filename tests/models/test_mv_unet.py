@@ -1,4 +1,4 @@
-"""MVModel.forward semantics on the tiny preset: docs/inference.md#mvmodel, quirks Q1, Q3, Q18\n(docs/quirks.md).
+"""MVModel.forward semantics on the tiny preset (docs/inference.md#mvmodel), quirks Q1, Q3, Q18.
 
 Tolerances: the tiny fp32 model's own output moves by ~1.1e-6 (relative) when only the CPU
 thread count changes, so fp32 comparisons of differently-shaped but equivalent computations use
