@@ -1,4 +1,4 @@
-"""Package layout (DESIGN §2): the ort3d.* modules come from this repo's folders, a wheel holds
+"""Package layout (docs/architecture.md#layout): the ort3d.* modules come from this repo's folders, a wheel holds
 only ort3d/..., and the dependency arrows between the folders hold."""
 
 import ast
@@ -13,7 +13,7 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FOLDERS = ("models", "kernels", "export", "runtime")
 
-# What each folder may import from ort3d (DESIGN §2 arrows).
+# What each folder may import from ort3d (docs/architecture.md#dependency-arrows).
 ALLOWED = {
     "kernels": set(),
     "models": {"kernels"},
