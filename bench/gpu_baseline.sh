@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The eager reference's per-step, per-stage latency at the released size on one GPU: the `full`
 # preset with deterministic random weights (no download), 3 steps, 1 warm-up run, 2 measured runs,
-# under (a) the authors' precision policy (fp32 weights, fp16 autocast: --dtype auto, SPEC §2.8)
+# under (a) the authors' precision policy (fp32 weights, fp16 autocast: --dtype auto, docs/precision.md#dtype-policy)
 # and (b) fp16 weights (--dtype fp16). About 2-4 minutes per policy on one H100, model
 # construction included; each policy is capped at BENCH_TIMEOUT seconds so one cannot starve the other.
 #
