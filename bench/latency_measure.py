@@ -134,7 +134,7 @@ def psnr_db(views: torch.Tensor, reference: torch.Tensor) -> float | None:
 
 
 def relative_error(values: torch.Tensor, reference: torch.Tensor) -> float:
-    """‖x − ref‖ / ‖ref‖ (DESIGN §4's parity measure)."""
+    """‖x − ref‖ / ‖ref‖ (the parity measure of docs/precision.md#parity-tolerances)."""
     diff = torch.linalg.vector_norm((values.double() - reference.double()).flatten())
     return (diff / torch.linalg.vector_norm(reference.double().flatten()).clamp_min(1e-30)).item()
 
