@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--orbit-frames", type=int, default=0,
                    help="also time rendering an orbit video of this many frames (default 0: no)")
     p.add_argument("--exact-final-decode", action="store_true", help="decode the final latents again (Q12)")
-    p.add_argument("--q1-compat", action="store_true", help="diffusers 0.25's CFG context bug (SPEC Q1)")
+    p.add_argument("--q1-compat", action="store_true", help="diffusers 0.25's CFG context bug (docs/quirks.md#q1)")
     p.add_argument("--json", type=Path, help="write the results as JSON (bench/schema/latency.schema.json)")
     p.add_argument("--csv", type=Path, help="upsert one row per backend, keyed by (preset, backend, dtype, device)")
     p.add_argument("--plot", type=Path, help="write a PNG bar chart of the per-stage medians")
