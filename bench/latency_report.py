@@ -17,7 +17,7 @@ import torch
 SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "latency.schema.json"
 
-# SPEC §7: per-step FLOPs at the released size (torch.utils.flop_counter on the authors' modules).
+# docs/architecture.md#per-step-cost: per-step FLOPs at the released size (torch.utils.flop_counter on the authors' modules).
 SPEC_FULL_TFLOP = {"unet": 20.35, "vae_decode": 24.34}
 
 # Dense fp16/bf16 tensor-core peaks in TFLOP/s, from NVIDIA's data sheets (no sparsity).
