@@ -73,7 +73,7 @@ def check_preset(name: str, args) -> list[dict]:
             engine_ms = _time_ms(lambda: trt_nets.run(net, **inputs), args.repeats)
             got = {k: v.clone() for k, v in trt_nets.run(net, **inputs).items()}
             eager_ms = _time_ms(lambda: module(*(inputs[n] for n in spec.input_names)), args.repeats)
-        # fp16/bf16 engines: DESIGN §4's bar is 1e-2 per stage; fp32 engines 1e-4.
+        # fp16/bf16 engines: the bar of docs/precision.md#parity-tolerances is 1e-2 per stage; fp32 engines 1e-4.
         tolerance = 1e-4 if args.precision == "fp32" else 1e-2
         worst = max(compare(net, got, eager, tolerance), key=lambda r: r.relative_error)
         rows.append({"preset": name, "network": net,
