@@ -2,8 +2,9 @@
 
 Real weights need two folders (docs/architecture.md#checkpoints): the Ouroboros3D folder
 (`mv_model_unet.pth`, `recon_model.pth`, or `.safetensors`) and the SVD base folder in diffusers
-layout (`ort3d.models.svd_folder`). Architectures come from the SVD configs and from tensor
-shapes; every file is checked key by key. Nothing is ever downloaded.
+layout (`ort3d.models.svd_folder`). Either may be given as a Hugging Face Hub repo id instead
+(`ort3d.models.hub`): only the files listed in OUROBOROS_FILES / SVD_FILES are downloaded.
+Architectures come from the SVD configs and from tensor shapes; every file is checked key by key.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from diffusers import AutoencoderKLTemporalDecoder
 from torch import nn
 
 from ort3d.models.clip import ImageEncoder, build_clip
+from ort3d.models.hub import RepoFiles, resolve_folders
 from ort3d.models.lgm import LGM, lgm_config_from_state_dict
 from ort3d.models.mv_unet import MVModel, mv_config_from_state_dict
 from ort3d.models.presets import Preset
@@ -24,7 +26,7 @@ from ort3d.models.scheduler import ScheduleConfig
 from ort3d.models.state_files import (
     CheckpointError, check_state_dict, expected_shapes, load_state_file, load_weights, params_on_meta,
 )
-from ort3d.models.svd_folder import read_svd_folder
+from ort3d.models.svd_folder import CLIP_WEIGHTS, VAE_WEIGHTS, read_svd_folder
 from ort3d.models.vae import build_vae
 from ort3d.models.weights import random_model_state_dict
 
@@ -32,6 +34,14 @@ __all__ = ["CheckpointError", "Models", "build_models", "check_state_dict", "loa
 
 MV_FILE = "mv_model_unet"
 LGM_FILE = "recon_model"
+STATE_SUFFIXES = (".safetensors", ".pth")   # preferred first: no pickle involved
+# What build_models reads from each repository (hub downloads fetch exactly these, never unet/ weights).
+OUROBOROS_FILES = RepoFiles("Ouroboros3D checkpoint",
+                            tuple(tuple(stem + s for s in STATE_SUFFIXES) for stem in (MV_FILE, LGM_FILE)))
+SVD_FILES = RepoFiles("SVD img2vid base model", (
+    ("unet/config.json",), ("vae/config.json",), tuple(f"vae/{name}" for name in VAE_WEIGHTS),
+    ("image_encoder/config.json",), tuple(f"image_encoder/{name}" for name in CLIP_WEIGHTS),
+    ("feature_extractor/preprocessor_config.json",), ("scheduler/scheduler_config.json",)))
 # transformers < 4.31 saved CLIP's position ids; they are a non-persistent buffer now.
 _LEGACY_CLIP_KEYS = ("vision_model.embeddings.position_ids",)
 
@@ -49,7 +59,8 @@ class Models:
 
 def build_models(preset: Preset, checkpoint_dir=None, svd_dir=None, device="cpu",
                  dtype=torch.float32) -> Models:
-    """No folders: deterministic random weights from `preset.seed`. Both folders: real weights."""
+    """No folders: deterministic random weights from `preset.seed`. Both folders (or hub repo ids):
+    real weights."""
     if checkpoint_dir is None and svd_dir is None:
         return _random_models(preset, device, dtype)
     if checkpoint_dir is None or svd_dir is None:
@@ -57,6 +68,7 @@ def build_models(preset: Preset, checkpoint_dir=None, svd_dir=None, device="cpu"
         raise CheckpointError(f"{given} folder given without the {missing} folder: real weights need both "
                               "the Ouroboros3D folder (mv_model_unet.pth, recon_model.pth) and the SVD "
                               "base folder (unet/ vae/ image_encoder/ feature_extractor/ scheduler/)")
+    checkpoint_dir, svd_dir = resolve_folders((checkpoint_dir, OUROBOROS_FILES), (svd_dir, SVD_FILES))
     return _checkpoint_models(preset, Path(checkpoint_dir), Path(svd_dir), device, dtype)
 
 
@@ -72,8 +84,8 @@ def _random_models(preset: Preset, device, dtype) -> Models:
 
 
 def _find_state_file(folder: Path, stem: str) -> Path:
-    """`<stem>.safetensors` if present (no pickle involved), else `<stem>.pth`."""
-    for suffix in (".safetensors", ".pth"):
+    """`<stem>.safetensors` if present, else `<stem>.pth` (STATE_SUFFIXES)."""
+    for suffix in STATE_SUFFIXES:
         if (folder / f"{stem}{suffix}").is_file():
             return folder / f"{stem}{suffix}"
     raise CheckpointError(f"{folder / (stem + '.pth')}: file not found (nor {stem}.safetensors)")
