@@ -10,7 +10,11 @@ and the adapters' [8,192,64,64] RGB/CCM inputs) against the torch chain, then ti
 binning (and its two sorts), compositing+feedback and the whole feedback, median and p20/p80 over
 --runs runs after --warmup (CUDA events), the torch reference in the same run, the whole
 Triton feedback again under CUDA-graph replay, and (--sweep, on by default with CUDA) the
-compositing kernel at a few (batch, num_warps) configurations. Prints a table; writes JSON (default
+compositing kernel at a few (batch, num_warps) configurations. With CUDA and gsplat installed
+(`pip install 'ort3d[gsplat]'`; run bench/gsplat_prebuild.py first, docs/gsplat.md) the same
+stages of the gsplat renderer are timed in the same run as the peer, and its output is compared
+with the torch chain (informational: the conventions gsplat does not expose differ) and with
+gsplat.rasterization (bit for bit). Prints a table; writes JSON (default
 bench/results/kernels_check-<device>-<size>.json). `--device cpu` runs the kernels through the
 Triton interpreter (slow: use --size tiny) to exercise this script without a GPU; CUDA graphs are
 then skipped. Exit codes: 0 ok, 1 no CUDA device, 3 a parity check failed.
@@ -241,6 +245,58 @@ def graph_times(k, gaussians, cams, budget, measure, runs, warmup) -> list[float
     return measure(graph.replay, runs, warmup)
 
 
+def gsplat_peer(k, gaussians, cams, H, W, measure, runs, warmup) -> dict:
+    """gsplat on the same scene in the same run: parity and per-stage timings, or why it is skipped.
+
+    Stages as the table's rows: projection (ort3d -> gsplat inputs, Σ from the raw quaternion, and
+    gsplat's projection), binning (tile intersection + offsets), compositing+feedback (gsplat's
+    compositing + the reference CCM/unshuffle), whole feedback. No CUDA graph: gsplat sizes its
+    tile-intersection buffer from a device count read on the host.
+    """
+    import torch
+    gs = k.gsplat
+    reason = gs.gsplat_unavailable_reason(gaussians.device)
+    if reason:
+        return {"skipped": reason}
+    try:
+        stages = gs.cuda_stages()
+    except gs.GsplatUnavailableError as error:
+        return {"skipped": str(error)}
+    import gsplat
+    feedback_args = (cams.w2c, cams.K, cams.c2w, cams.intrinsics_norm, H, W)
+    rgb, ccm, images = gs.render_feedback_gsplat(gaussians, *feedback_args)
+    ref = k.render_feedback(gaussians, cams, renderer="torch", want_images=True)
+    direct = gs.render_gaussians_rasterization(gaussians, cams.w2c, cams.K, H, W)
+    ccm_diff = (ccm - ref.ccm).abs()
+    parity = {
+        "equals_gsplat_rasterization": all(torch.equal(getattr(images, n), getattr(direct, n))
+                                           for n in ("rgb", "alpha", "depth")),
+        "images_rgb_rel": rel_err(images.rgb, ref.images.rgb),
+        "images_alpha_rel": rel_err(images.alpha, ref.images.alpha),
+        "images_depth_rel": rel_err(images.depth, ref.images.depth),
+        "feedback_rgb_rel": rel_err(rgb, ref.rgb),
+        "feedback_ccm_max_abs": float(ccm_diff.max()),
+        "feedback_ccm_frac_differing": float((ccm_diff > 0).float().mean()),
+    }
+
+    inputs = gs.gsplat_inputs(gaussians, cams.w2c, cams.K)
+    projected = gs.project_stage(stages, inputs, 0, H, W)
+    binned = gs.bin_stage(stages, projected, H, W)
+
+    def project():
+        return gs.project_stage(stages, gs.gsplat_inputs(gaussians, cams.w2c, cams.K), 0, H, W)
+
+    def composite_feedback():
+        images = gs.composite_stage(stages, inputs, 0, projected, binned, H, W)
+        return k.feedback_maps(images, cams.c2w, cams.intrinsics_norm, True, torch.float16)
+
+    rows = {"projection": project, "binning": lambda: gs.bin_stage(stages, projected, H, W),
+            "compositing+feedback": composite_feedback,
+            "whole feedback": lambda: gs.render_feedback_gsplat(gaussians, *feedback_args)}
+    return {"version": gsplat.__version__, "parity": parity,
+            "timings": {name: summary(measure(fn, runs, warmup)) for name, fn in rows.items()}}
+
+
 # ---------------------------------------------------------------------------------------------
 
 def load_kernels():
@@ -248,8 +304,9 @@ def load_kernels():
     from types import SimpleNamespace
 
     from ort3d.kernels import feedback, render, triton_binning, triton_composite, triton_project
-    from ort3d.kernels import feedback_dispatch, synthetic_gaussians, triton_render
+    from ort3d.kernels import feedback_dispatch, gsplat_render, synthetic_gaussians, triton_render
     return SimpleNamespace(
+        gsplat=gsplat_render,
         project_gaussians=render.project_gaussians, bin_gaussians=render.bin_gaussians,
         composite_tiles=render.composite_tiles, feedback_maps=feedback.feedback_maps,
         pixel_unshuffle_feedback=feedback.pixel_unshuffle_feedback,
@@ -268,7 +325,7 @@ def fmt(s: dict | None) -> str:
     return "—" if s is None else f"{s['median_ms']:9.3f} [{s['p20_ms']:.3f}, {s['p80_ms']:.3f}]"
 
 
-def print_report(info: dict, parity: dict, table: dict) -> None:
+def print_report(info: dict, parity: dict, table: dict, peer: dict) -> None:
     print(f"device: {info['device_name']}  torch {info['torch']}  triton {info['triton']}  "
           f"size: {info['gaussians']} Gaussians, {info['views']} views, {info['height']}×{info['width']}")
     b = parity["binning"]
@@ -277,11 +334,19 @@ def print_report(info: dict, parity: dict, table: dict) -> None:
     for stage, r in parity.items():
         detail = ", ".join(f"{k}={v:.2e}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items() if k != "ok")
         print(f"parity {stage:12s} {'OK  ' if r['ok'] else 'FAIL'} {detail}")
-    print(f"{'stage':28s} {'triton ms median [p20, p80]':>32s} {'torch ms median [p20, p80]':>32s} {'speed-up':>9s}")
+    if "skipped" in peer:
+        print(f"gsplat peer skipped: {peer['skipped']}")
+    else:
+        detail = ", ".join(f"{k}={v:.2e}" if isinstance(v, float) else f"{k}={v}" for k, v in peer["parity"].items())
+        print(f"gsplat {peer['version']} vs torch (conventions differ, docs/gsplat.md): {detail}")
+    print(f"{'stage':28s} {'triton ms median [p20, p80]':>32s} {'torch ms median [p20, p80]':>32s} "
+          f"{'gsplat ms median [p20, p80]':>32s} {'torch/triton':>12s} {'gsplat/triton':>13s}")
+
+    def ratio(row, other):
+        return f"{row[other]['median_ms'] / row['triton']['median_ms']:.2f}×" if row.get(other) and row["triton"] else ""
     for name, row in table.items():
-        speed = (f"{row['torch']['median_ms'] / row['triton']['median_ms']:8.1f}×"
-                 if row["torch"] and row["triton"] else "")
-        print(f"{name:28s} {fmt(row['triton']):>32s} {fmt(row['torch']):>32s} {speed:>9s}")
+        print(f"{name:28s} {fmt(row['triton']):>32s} {fmt(row['torch']):>32s} {fmt(row.get('gsplat')):>32s} "
+              f"{ratio(row, 'torch'):>12s} {ratio(row, 'gsplat'):>13s}")
 
 
 def main(argv=None) -> int:
@@ -312,6 +377,10 @@ def main(argv=None) -> int:
     table = measure_all(k, gaussians, cams, budget, side, side, device, args.runs, args.warmup)
     sweep = (composite_sweep(k, gaussians, cams, budget, side, side, timer(device), args.runs, args.warmup)
              if (args.sweep if args.sweep is not None else device == "cuda") else [])
+    peer = (gsplat_peer(k, gaussians, cams, side, side, timer(device), args.runs, args.warmup) if device == "cuda"
+            else {"skipped": "gsplat's rasteriser is CUDA-only (the cpu run exercises the Triton interpreter)"})
+    for name, timing in peer.get("timings", {}).items():
+        table[name]["gsplat"] = timing
     budget.check()
     info = {
         "device_name": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({platform.processor() or platform.machine()}, Triton interpreter)",
@@ -321,14 +390,14 @@ def main(argv=None) -> int:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "scene": "kernels/synthetic_gaussians.lgm_like_gaussians, released feedback cameras",
     }
-    print_report(info, parity, table)
+    print_report(info, parity, table, peer)
     for row in sweep:
         print(f"compositing+feedback, batch {row['batch']:2d}, {row['num_warps']} warps: {fmt(row['timing'])}")
     slug = re.sub(r"[^a-z0-9]+", "-", info["device_name"].split(" (")[0].lower()).strip("-")
     out = args.out or HERE / "results" / f"kernels_check-{slug}-{args.size}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"info": info, "parity": parity, "timings": table,
-                                "composite_sweep": sweep}, indent=1))
+                                "composite_sweep": sweep, "gsplat": peer}, indent=1))
     print(f"wrote {out}")
     return EXIT_OK if all(r["ok"] for r in parity.values()) else EXIT_PARITY
 

@@ -200,6 +200,11 @@ def composite_stage(stages: GsplatStages, inputs: GsplatInputs, b: int, projecte
                                                 inputs.opacities[b].expand(views, n), width, height, TILE,
                                                 binned.isect_offsets, binned.flatten_ids,
                                                 backgrounds=inputs.backgrounds)
+    return images_from_rgbd(colors, alphas)
+
+
+def images_from_rgbd(colors: Tensor, alphas: Tensor) -> RenderOutput:
+    """gsplat's "RGB+D" output (colors [V,H,W,4], alphas [V,H,W,1]) as a [1,V,...] RenderOutput."""
     colors = colors.permute(0, 3, 1, 2)[None]
     return RenderOutput(rgb=colors[:, :, 0:3].clamp(0.0, 1.0), alpha=alphas.permute(0, 3, 1, 2)[None],
                         depth=colors[:, :, 3:4])
@@ -222,6 +227,23 @@ def render_gaussians_gsplat(gaussians: Tensor, w2c: Tensor, K: Tensor, height: i
         projected = project_stage(stages, inputs, b, height, width)
         binned = bin_stage(stages, projected, height, width)
         images.append(composite_stage(stages, inputs, b, projected, binned, height, width))
+    return RenderOutput(*(torch.cat(parts) for parts in zip(*images)))
+
+
+def render_gaussians_rasterization(gaussians: Tensor, w2c: Tensor, K: Tensor, height: int, width: int,
+                                   background=(1.0, 1.0, 1.0)) -> RenderOutput:
+    """The same render through gsplat's public `rasterization()`, one call per object (CUDA): the
+    check that the stage-by-stage path is gsplat's own pipeline (they agree bit for bit)."""
+    cuda_stages()
+    import gsplat
+    inputs = gsplat_inputs(gaussians, w2c, K, background)
+    images = []
+    for b in range(gaussians.shape[0]):
+        colors, alphas, _ = gsplat.rasterization(
+            inputs.means[b], None, None, inputs.opacities[b], inputs.colors[b], inputs.viewmats, inputs.Ks,
+            width, height, near_plane=NEAR_Z, eps2d=DILATION, packed=False, tile_size=TILE,
+            backgrounds=inputs.backgrounds[:, 0:3], render_mode="RGB+D", covars=inputs.covars[b])
+        images.append(images_from_rgbd(colors, alphas))
     return RenderOutput(*(torch.cat(parts) for parts in zip(*images)))
 
 
