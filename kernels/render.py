@@ -201,19 +201,9 @@ def composite_tiles(projected: Projected, binned: Binned, colors: Tensor, opacit
     num_tiles = binned.tile_count.numel()
     tiles_x, tiles_y = binned.tiles_x, binned.tiles_y
     pixels = TILE * TILE
-    # Per flat (b, v, n) features blended with weight α·T: rgb(3), view depth (alpha is Σ α·T).
-    depth = projected.depth.reshape(B, V, N, 1)
-    features = torch.cat([colors.float()[:, None].expand(B, V, N, 3), depth], -1).reshape(B * V * N, 4)
-    means = projected.means2d.reshape(-1, 2)
-    conic = projected.conic.reshape(-1, 3)
-    opacity_bvn = opacity.float()[:, None].expand(B, V, N).reshape(-1)
-
-    tile_ids = torch.arange(num_tiles, device=device)
-    local = torch.arange(TILE, device=device)
-    origin_x = ((tile_ids % (tiles_x * tiles_y)) % tiles_x) * TILE
-    origin_y = ((tile_ids % (tiles_x * tiles_y)) // tiles_x) * TILE
-    inside = (((origin_y[:, None] + local) < height)[:, :, None]
-              & ((origin_x[:, None] + local) < width)[:, None, :]).reshape(num_tiles, pixels)
+    features, means, conic, opacity_bvn = blend_inputs(projected, colors, opacity)
+    tile_ids, origin_x, origin_y, inside = tile_origins(num_tiles, tiles_x, tiles_y, height, width,
+                                                       device)
 
     T = torch.ones(num_tiles, pixels, device=device)
     done = ~inside                                    # pixels past the image border never blend
@@ -264,6 +254,27 @@ def composite_tiles(projected: Projected, binned: Binned, colors: Tensor, opacit
     rgb = (acc[:, 0:3] + T[:, None] * bg).clamp(0.0, 1.0)
     untile = lambda x: _untile(x, B, V, tiles_y, tiles_x, height, width)  # noqa: E731
     return RenderOutput(rgb=untile(rgb), alpha=untile(acc[:, 4:5]), depth=untile(acc[:, 3:4]))
+
+
+def blend_inputs(projected: Projected, colors: Tensor, opacity: Tensor):
+    """Per flat (b, v, n): features blended with weight α·T [rgb(3), view depth] (alpha is Σ α·T),
+    means2d, conic and opacity, as composite_tiles indexes them."""
+    B, V, N = projected.valid.shape
+    depth = projected.depth.reshape(B, V, N, 1)
+    features = torch.cat([colors.float()[:, None].expand(B, V, N, 3), depth], -1).reshape(B * V * N, 4)
+    return (features, projected.means2d.reshape(-1, 2), projected.conic.reshape(-1, 3),
+            opacity.float()[:, None].expand(B, V, N).reshape(-1))
+
+
+def tile_origins(num_tiles: int, tiles_x: int, tiles_y: int, height: int, width: int, device):
+    """(tile ids, pixel origin x, origin y, [tiles,256] pixel-inside-the-image mask)."""
+    tile_ids = torch.arange(num_tiles, device=device)
+    local = torch.arange(TILE, device=device)
+    origin_x = ((tile_ids % (tiles_x * tiles_y)) % tiles_x) * TILE
+    origin_y = ((tile_ids % (tiles_x * tiles_y)) // tiles_x) * TILE
+    inside = (((origin_y[:, None] + local) < height)[:, :, None]
+              & ((origin_x[:, None] + local) < width)[:, None, :]).reshape(num_tiles, TILE * TILE)
+    return tile_ids, origin_x, origin_y, inside
 
 
 def _chunk_alpha(means: Tensor, conic: Tensor, opacity: Tensor, origin_x: Tensor, origin_y: Tensor) -> Tensor:
