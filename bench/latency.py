@@ -27,8 +27,9 @@ if str(HERE) not in sys.path:   # bench/ is not a package: its modules are impor
     sys.path.insert(0, str(HERE))
 
 from latency_backends import BACKENDS, REFERENCE  # noqa: E402
-from ort3d.runtime.cli import (UsageError, add_device_arguments, resolve_device,  # noqa: E402
-                               resolve_dtypes)
+from ort3d.runtime.cli_common import (UsageError, add_device_arguments,  # noqa: E402
+                                      add_temporal_context_argument, resolve_device)
+from ort3d.runtime.networks import precision_policy  # noqa: E402
 from ort3d.runtime.timing import summarize_ms  # noqa: E402
 
 EXIT_OK, EXIT_REFERENCE_FAILED, EXIT_USAGE = 0, 1, 2
@@ -60,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--orbit-frames", type=int, default=0,
                    help="also time rendering an orbit video of this many frames (default 0: no)")
     p.add_argument("--exact-final-decode", action="store_true", help="decode the final latents again (Q12)")
-    p.add_argument("--q1-compat", action="store_true", help="diffusers 0.25's CFG context bug (docs/quirks.md#q1)")
+    add_temporal_context_argument(p)
     p.add_argument("--json", type=Path, help="write the results as JSON (bench/schema/latency.schema.json)")
     p.add_argument("--csv", type=Path, help="upsert one row per backend, keyed by (preset, backend, dtype, device)")
     p.add_argument("--plot", type=Path, help="write a PNG bar chart of the per-stage medians")
@@ -201,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.threads:
             torch.set_num_threads(args.threads)
         device = check_device(args.device)
-        weight_dtype, autocast_dtype = resolve_dtypes(args.dtype, device)
+        weight_dtype, autocast_dtype = precision_policy(args.dtype, device)
     except BenchError as error:
         print(f"latency.py: error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -225,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     env = latency_report.device_description(device)
     env["versions"] = latency_report.versions()
     peak, peak_note = latency_report.device_peak_tflops(env["device_name"], args.dtype)
-    ctx = BenchContext(models, device, autocast_dtype, args.artefacts, args.q1_compat)
+    ctx = BenchContext(models, device, autocast_dtype, args.artefacts, args.temporal_context)
 
     entries, flops = [], {}
     for name in names:
@@ -254,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             "weights": (f"checkpoint {args.checkpoint}" if args.checkpoint
                         else f"random (seed {preset.seed})"),
             "orbit_frames": args.orbit_frames, "exact_final_decode": args.exact_final_decode,
-            "q1_compat": args.q1_compat,
+            "temporal_context": args.temporal_context,
             "timer": "cuda_events" if device.type == "cuda" else "perf_counter",
             "build_models_s": build_s,
         },

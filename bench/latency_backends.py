@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 
 from ort3d.export.manifest import MANIFEST_NAME
+from ort3d.models.mv_unet import DEFAULT_TEMPORAL_CONTEXT
 
 BUILD_HINT = "python export/build_engines.py --preset {preset} --out DIR"
 
@@ -26,7 +27,7 @@ class BenchContext:
     device: torch.device
     autocast_dtype: torch.dtype | None
     artefacts: Path | None             # --artefacts: the ort/trt artefact folder
-    q1_compat: bool = False
+    temporal_context: str = DEFAULT_TEMPORAL_CONTEXT
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ def _eager(ctx: BenchContext):
     from ort3d.runtime.networks import EagerNetworks
 
     return EagerNetworks(ctx.models, ctx.device, autocast_dtype=ctx.autocast_dtype,
-                         q1_compat=ctx.q1_compat)
+                         temporal_context=ctx.temporal_context)
 
 
 def _triton_missing(ctx: BenchContext) -> str | None:
@@ -83,7 +84,7 @@ def _ort_missing(ctx: BenchContext) -> str | None:
 def _ort(ctx: BenchContext):
     from ort3d.runtime.backend_ort import OrtNetworks
 
-    return OrtNetworks(ctx.artefacts, ctx.models.preset, device=ctx.device, q1_compat=ctx.q1_compat)
+    return OrtNetworks(ctx.artefacts, ctx.models.preset, device=ctx.device, temporal_context=ctx.temporal_context)
 
 
 def _trt_missing(ctx: BenchContext) -> str | None:
@@ -97,7 +98,7 @@ def _trt_missing(ctx: BenchContext) -> str | None:
 def _trt(ctx: BenchContext):
     from ort3d.runtime.backend_trt import TrtNetworks
 
-    return TrtNetworks(ctx.artefacts, ctx.models.preset, device=ctx.device, q1_compat=ctx.q1_compat)
+    return TrtNetworks(ctx.artefacts, ctx.models.preset, device=ctx.device, temporal_context=ctx.temporal_context)
 
 
 BACKENDS = {b.name: b for b in (

@@ -23,6 +23,7 @@ from ort3d.export.manifest import MANIFEST_NAME, new_manifest, read_manifest, wr
 from ort3d.export.onnx_export import OPSET, export_onnx
 from ort3d.export.specs import NETWORK_NAMES, NetworkSpec, network_specs
 from ort3d.export.verify import VerifyRow, verify_network
+from ort3d.models.mv_unet import DEFAULT_TEMPORAL_CONTEXT
 from ort3d.models.version import __version__
 
 PRECISIONS = ("fp16", "bf16", "fp32")
@@ -36,7 +37,7 @@ class BuildOptions:
     verify: bool = False
     verify_seed: int = 0
     simplify_networks: tuple[str, ...] = NETWORK_NAMES    # onnxslim pass for these networks
-    q1_compat: bool = False
+    temporal_context: str = DEFAULT_TEMPORAL_CONTEXT
     networks: tuple[str, ...] = NETWORK_NAMES
     workspace_bytes: int = trt_build.DEFAULT_WORKSPACE_BYTES
     opset: int = OPSET
@@ -124,7 +125,7 @@ def build_artefacts(models, out_dir: str | Path, options: BuildOptions | None = 
         identity = identity or trt_build.host_identity()
         engine_builder = engine_builder or trt_build.build_engine
 
-    specs = network_specs(models.preset, q1_compat=options.q1_compat)
+    specs = network_specs(models.preset, temporal_context=options.temporal_context)
     schedule = dataclasses.asdict(models.schedule)
     manifest = new_manifest(models.preset.name, options.precision, schedule)
     # Networks outside a --networks subset keep their entries, if they still fit this set.

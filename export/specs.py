@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from ort3d.models.cameras import FeedbackCameras, load_feedback_cameras
+from ort3d.models.mv_unet import DEFAULT_TEMPORAL_CONTEXT
 from ort3d.models.presets import Preset
 
 NETWORK_NAMES = ("image_encoder", "vae_encoder", "adapters", "unet", "vae_decoder", "lgm")
@@ -77,7 +78,7 @@ class NetworkSpec:
     fp16_overflows: bool = False          # engine builds fall back from fp16 (see trt_build)
     options: dict = field(default_factory=dict, compare=False)    # export choices baked in
     cameras: FeedbackCameras | None = field(default=None, compare=False, repr=False)
-    q1_compat: bool = False
+    temporal_context: str = DEFAULT_TEMPORAL_CONTEXT
 
     @property
     def input_names(self) -> list[str]:
@@ -115,7 +116,7 @@ def adapter_feature_names() -> list[str]:
     return [f"{kind}_feat_{level}" for kind in ADAPTER_KINDS for level in range(4)]
 
 
-def network_specs(preset: Preset, q1_compat: bool = False,
+def network_specs(preset: Preset, temporal_context: str = DEFAULT_TEMPORAL_CONTEXT,
                   cameras: FeedbackCameras | None = None) -> dict[str, NetworkSpec]:
     """The six specs for `preset`, in NETWORK_NAMES order."""
     cameras = cameras if cameras is not None else load_feedback_cameras()
@@ -142,8 +143,8 @@ def network_specs(preset: Preset, q1_compat: bool = False,
                      TensorSpec("added_time_ids", (2, 3), kind="time_ids"),
                      *feats),
                     (TensorSpec("noise_pred", (2, views, 4, s, s)),),
-                    options={**camera_options, "q1_compat": q1_compat},
-                    cameras=cameras, q1_compat=q1_compat),
+                    options={**camera_options, "temporal_context": temporal_context},
+                    cameras=cameras, temporal_context=temporal_context),
         NetworkSpec("vae_decoder",
                     (TensorSpec("latents", (views, 4, s, s)),),
                     (TensorSpec("images", (views, 3, size, size)),), fp16_overflows=True),
@@ -219,21 +220,21 @@ class UNetExport(nn.Module):
     """MVModel with the Plücker embeddings folded in and the cross-attention constants computed
     from `encoder_hidden_states` in-graph."""
 
-    def __init__(self, mv: nn.Module, plucker: list[torch.Tensor], q1_compat: bool):
+    def __init__(self, mv: nn.Module, plucker: list[torch.Tensor], temporal_context: str):
         super().__init__()
         self.mv = mv
-        self.q1_compat = q1_compat
+        self.temporal_context = temporal_context
         self.levels = len(plucker)
         for i, tensor in enumerate(plucker):
             self.register_buffer(f"plucker_{i}", tensor.detach().float().contiguous())
 
     def forward(self, sample, timestep, encoder_hidden_states, added_time_ids, *features):
         plucker = [getattr(self, f"plucker_{i}") for i in range(self.levels)]
-        context = self.mv.context_constants(encoder_hidden_states, q1_compat=self.q1_compat)
+        context = self.mv.context_constants(encoder_hidden_states, temporal_context=self.temporal_context)
         half = len(features) // 2
         return self.mv(sample, timestep, encoder_hidden_states, added_time_ids,
                        adapter_features=[list(features[:half]), list(features[half:])],
-                       plucker=plucker, context=context, q1_compat=self.q1_compat)
+                       plucker=plucker, context=context, temporal_context=self.temporal_context)
 
 
 class VaeDecoderExport(nn.Module):
@@ -265,7 +266,7 @@ def _unet(spec: NetworkSpec, models) -> nn.Module:
     cams = spec.cameras.to(device)
     with torch.no_grad():
         plucker = mv.plucker_embeddings(cams.intrinsics, cams.c2w, spec.inputs[0].shape[-1])
-    return UNetExport(mv, plucker, spec.q1_compat)
+    return UNetExport(mv, plucker, spec.temporal_context)
 
 
 def _lgm(spec: NetworkSpec, models) -> nn.Module:

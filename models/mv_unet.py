@@ -12,8 +12,10 @@ Reference semantics reproduced (docs/inference.md#mvmodel, docs/quirks.md):
   functional and the stored skip is replaced by the sum.
 - Adapter features enter down blocks 0-2 after both layers, before the downsampler, as
   `(h + f0) + f1` (the two layer skips stay without them), and after the mid block.
-- Q1 (opt-in, `q1_compat=True`): diffusers 0.25's temporal cross-attention context, where the
-  temporal sequence n = b·HW + s uses the context of batch n mod B (for even HW: s mod B).
+- Q1 (the default, `temporal_context="interleaved"`): diffusers 0.25's temporal cross-attention
+  context, where the temporal sequence n = b·HW + s uses the context of batch n mod B (for even HW:
+  s mod B); the released run used it. `temporal_context="per-half"` gives each CFG half its own
+  context (diffusers >= 0.28).
 
 Hoisting (docs/inference.md#hoisted-constants): the 9 Plücker embeddings depend only on the cameras, and every
 cross-attention sees a single context token, so softmax is exactly 1 and
@@ -35,6 +37,18 @@ from ort3d.models.presets import plucker_widths
 
 NUM_ADAPTERS = 2   # cond_encoder.0 = rendered RGB, cond_encoder.1 = CCM (position map)
 
+# Q1 (docs/quirks.md#q1): how the temporal cross-attention context maps onto the CFG halves.
+# "interleaved" is the authors' released behaviour (diffusers 0.25) and the default; "per-half"
+# gives each CFG half its own context (diffusers >= 0.28).
+TEMPORAL_CONTEXTS = ("interleaved", "per-half")
+DEFAULT_TEMPORAL_CONTEXT = "interleaved"
+
+
+def check_temporal_context(value: str) -> str:
+    if value not in TEMPORAL_CONTEXTS:
+        raise ValueError(f"temporal_context must be one of {', '.join(TEMPORAL_CONTEXTS)}, got {value!r}")
+    return value
+
 
 class MVCheckpointError(ValueError):
     """A multi-view UNet state dict that does not fit the configuration (one-line message)."""
@@ -46,34 +60,34 @@ class CrossAttentionConstants:
 
     Names are the modules' state-dict prefixes, e.g.
     `unet.down_blocks.0.attentions.0.temporal_transformer_blocks.0.attn2`.
-    `q1_compat` records which temporal context mapping the constants are meant for.
+    `temporal_context` records which temporal context mapping (Q1) the constants are meant for.
     """
 
     values: dict[str, torch.Tensor]
-    q1_compat: bool
+    temporal_context: str
 
     @property
     def batch(self) -> int:
         return next(iter(self.values.values())).shape[0]
 
 
-def temporal_context_index(batch: int, positions: int, q1_compat: bool, device=None) -> torch.Tensor:
+def temporal_context_index(batch: int, positions: int, temporal_context: str, device=None) -> torch.Tensor:
     """Context batch used by each temporal sequence n = b·positions + s, as a [batch·positions] index.
 
-    diffusers >= 0.28: batch b. diffusers 0.25 (Q1) laid the broadcast context out as
+    per-half (diffusers >= 0.28): batch b. interleaved (diffusers 0.25, Q1) laid the broadcast context out as
     [positions, batch] but read it as [batch, positions], so sequence n got context n mod batch.
     """
     n = torch.arange(batch * positions, device=device)
-    return n % batch if q1_compat else n // positions
+    return n % batch if check_temporal_context(temporal_context) == "interleaved" else n // positions
 
 
 class _CrossAttention:
     """Supplies attn2 outputs, either by running attn2 on the context or from hoisted constants."""
 
-    def __init__(self, encoder_hidden_states, constants, q1_compat, batch, frames):
+    def __init__(self, encoder_hidden_states, constants, temporal_context, batch, frames):
         self.context = encoder_hidden_states
         self.constants = constants
-        self.q1_compat = q1_compat
+        self.temporal_context = temporal_context
         self.batch = batch
         self.frames = frames
         if constants is None:
@@ -89,11 +103,11 @@ class _CrossAttention:
         """normed: [B·HW, F, C] -> attn2 output (or [B·HW, 1, C] broadcastable constant)."""
         positions = normed.shape[0] // self.batch
         if self.constants is not None:
-            index = temporal_context_index(self.batch, positions, self.q1_compat, normed.device)
+            index = temporal_context_index(self.batch, positions, self.temporal_context, normed.device)
             return self.constants.values[name][index][:, None, :]
         ctx = self.context
         tokens, dim = ctx.shape[1:]
-        if self.q1_compat:   # diffusers 0.25 verbatim: [HW, B, T, D] flattened
+        if self.temporal_context == "interleaved":   # diffusers 0.25 verbatim: [HW, B, T, D] flattened
             time_context = ctx[None].broadcast_to(positions, self.batch, tokens, dim)
         else:                # diffusers >= 0.28: [B, HW, T, D] flattened
             time_context = ctx[:, None].broadcast_to(self.batch, positions, tokens, dim)
@@ -193,7 +207,7 @@ class MVModel(nn.Module):
         return [mlp.feature_map(intrinsics, c2w, r) for mlp, r in zip(mlps, resolutions)]
 
     def context_constants(self, encoder_hidden_states: torch.Tensor,
-                          q1_compat: bool = False) -> CrossAttentionConstants:
+                          temporal_context: str = DEFAULT_TEMPORAL_CONTEXT) -> CrossAttentionConstants:
         """encoder_hidden_states [B,1,D] -> attn2(x, ctx) = to_out(to_v(ctx)) of every spatial and
         temporal cross-attention (exact: softmax over one token is 1)."""
         if encoder_hidden_states.ndim != 3 or encoder_hidden_states.shape[1] != 1:
@@ -204,7 +218,7 @@ class MVModel(nn.Module):
         for name, module in self.named_modules():
             if name.endswith(".attn2"):
                 values[name] = module.to_out[0](module.to_v(ctx)) / module.rescale_output_factor
-        return CrossAttentionConstants(values, q1_compat)
+        return CrossAttentionConstants(values, check_temporal_context(temporal_context))
 
     def adapter_features(self, rgb: torch.Tensor, ccm: torch.Tensor) -> list[list[torch.Tensor]]:
         """Feedback maps [N,3,H,W] each -> [rgb features, ccm features], 4 levels per adapter.
@@ -230,13 +244,13 @@ class MVModel(nn.Module):
 
     def forward(self, sample, timestep, encoder_hidden_states, added_time_ids, *,
                 cond=None, adapter_features=None, cameras=None, plucker=None, context=None,
-                q1_compat: bool = False) -> torch.Tensor:
+                temporal_context: str = DEFAULT_TEMPORAL_CONTEXT) -> torch.Tensor:
         """sample [B,F,8,h,w] -> [B,F,4,h,w].
 
         cond: [rgb, ccm] each [B,F,3,H,W] (run through the adapters here), or adapter_features
         from `adapter_features` ([F,...] shared by the batch, or [B·F,...]); neither = no adapter.
         cameras: {"intrinsics": [B,F,3,3], "extrinsics": c2w [B,F,4,4]}, or plucker from
-        `plucker_embeddings`. context: from `context_constants` (built with the same q1_compat).
+        `plucker_embeddings`. context: from `context_constants` (built with the same temporal_context).
         """
         batch, frames, _, height, width = sample.shape
         levels = len(self.unet.down_blocks)
@@ -247,9 +261,9 @@ class MVModel(nn.Module):
             raise ValueError("pass exactly one of cameras= or plucker=")
         if cond is not None and adapter_features is not None:
             raise ValueError("pass at most one of cond= or adapter_features=")
-        if context is not None and (context.q1_compat != q1_compat or context.batch != batch):
-            raise ValueError(f"context was built for q1_compat={context.q1_compat}, batch {context.batch}; "
-                             f"forward got q1_compat={q1_compat}, batch {batch}")
+        if context is not None and (context.temporal_context != temporal_context or context.batch != batch):
+            raise ValueError(f"context was built for temporal_context={context.temporal_context}, batch {context.batch}; "
+                             f"forward got temporal_context={temporal_context}, batch {batch}")
         unet = self.unet
 
         emb = self._embedding(timestep, added_time_ids, batch, frames, sample.dtype, sample.device)
@@ -258,7 +272,8 @@ class MVModel(nn.Module):
         if cond is not None:
             adapter_features = [encoder(maps.flatten(0, 1).to(sample.dtype))
                                 for encoder, maps in zip(self.cond_encoder, cond)]
-        cross = _CrossAttention(encoder_hidden_states, context, q1_compat, batch, frames)
+        cross = _CrossAttention(encoder_hidden_states, context, check_temporal_context(temporal_context),
+                                batch, frames)
 
         h = unet.conv_in(sample.flatten(0, 1))
         indicator = torch.zeros(batch, frames, dtype=h.dtype, device=h.device)

@@ -8,7 +8,7 @@ same float32 rounding, same op order in `step`, so the results are bit-identical
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,10 @@ _REQUIRED = {
 }
 _ALLOWED_DEFAULTS = {"final_sigmas_type": "zero", "use_exponential_sigmas": False,
                      "use_beta_sigmas": False}
+
+
+# Karras sigmas interpolate between the first and the last step: one step has no interval.
+MIN_STEPS = 2
 
 
 class ScheduleConfigError(ValueError):
@@ -86,8 +90,8 @@ class EDMEulerSchedule:
     @classmethod
     def create(cls, num_steps: int, config: ScheduleConfig = ScheduleConfig(),
                device: torch.device | str | None = None) -> "EDMEulerSchedule":
-        if num_steps < 2:
-            raise ValueError(f"num_steps must be at least 2, got {num_steps}")
+        if num_steps < MIN_STEPS:
+            raise ValueError(f"num_steps must be at least {MIN_STEPS}, got {num_steps}")
         sigmas = karras_sigmas(num_steps, config)
         sigma = sigmas[:-1]
         max_sigma = sigmas.max()
@@ -108,8 +112,6 @@ class EDMEulerSchedule:
     def num_steps(self) -> int:
         return self.timesteps.shape[0]
 
-    def to(self, device) -> "EDMEulerSchedule":
-        return EDMEulerSchedule(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
     def scale_input(self, x: torch.Tensor, i) -> torch.Tensor:
         """diffusers' `scale_model_input`: x / sqrt(σ_i² + 1)."""

@@ -16,6 +16,7 @@ import torch
 from ort3d.export.manifest import check_onnx_set, read_manifest
 from ort3d.export.ort_session import create_session, default_providers
 from ort3d.export.specs import NETWORK_NAMES
+from ort3d.models.mv_unet import DEFAULT_TEMPORAL_CONTEXT
 from ort3d.runtime.exported_networks import ExportedNetworks
 
 
@@ -23,12 +24,12 @@ class OrtNetworks(ExportedNetworks):
     name = "ort"
 
     def __init__(self, directory: str | Path, preset=None, device="cpu", providers: list[str] | None = None,
-                 q1_compat: bool = False, verify_hashes: bool = True, threads: int | None = None):
+                 temporal_context: str = DEFAULT_TEMPORAL_CONTEXT, verify_hashes: bool = True, threads: int | None = None):
         directory = Path(directory)
         manifest = read_manifest(directory)
         # Everything is checked from the manifest and sha256s before ONNX Runtime sees a file.
         check_onnx_set(manifest, directory, NETWORK_NAMES, verify_hashes)
-        super().__init__(directory, manifest, preset, q1_compat)
+        super().__init__(directory, manifest, preset, temporal_context)
         self.device = torch.device(device)
         self.providers = providers or default_providers(str(self.device))
         self.sessions = {

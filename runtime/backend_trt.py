@@ -25,6 +25,7 @@ from ort3d.export.errors import ExportError
 from ort3d.export.manifest import MANIFEST_NAME, check_engine_set, read_manifest
 from ort3d.export.specs import NETWORK_NAMES, adapter_feature_names
 from ort3d.export.trt_build import host_identity, import_tensorrt
+from ort3d.models.mv_unet import DEFAULT_TEMPORAL_CONTEXT
 from ort3d.runtime.exported_networks import ExportedNetworks
 
 _TORCH_DTYPES = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16,
@@ -42,7 +43,7 @@ def _torch_dtype(trt, dtype) -> torch.dtype:
 class TrtNetworks(ExportedNetworks):
     name = "trt"
 
-    def __init__(self, directory: str | Path, preset=None, device="cuda", q1_compat: bool = False,
+    def __init__(self, directory: str | Path, preset=None, device="cuda", temporal_context: str = DEFAULT_TEMPORAL_CONTEXT,
                  verify_hashes: bool = True):
         directory = Path(directory)
         manifest = read_manifest(directory)
@@ -52,7 +53,7 @@ class TrtNetworks(ExportedNetworks):
             raise ExportError(f"--device {device}: the TensorRT backend runs on a CUDA device")
         identity = host_identity(self.device.index or 0)
         check_engine_set(manifest, directory, NETWORK_NAMES, identity, verify_hashes)
-        super().__init__(directory, manifest, preset, q1_compat)
+        super().__init__(directory, manifest, preset, temporal_context)
         # fp16 engines mirror the reference's fp16 autocast, so the CCM matmul follows it (Q5).
         precisions = {manifest["networks"][n]["engine"]["precision"] for n in NETWORK_NAMES}
         self.autocast_dtype = torch.float16 if "fp16" in precisions else None

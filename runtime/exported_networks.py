@@ -22,6 +22,7 @@ import torch
 from ort3d.export.errors import ExportError
 from ort3d.export.manifest import MANIFEST_NAME
 from ort3d.export.specs import NETWORK_NAMES, cameras_sha256, network_specs
+from ort3d.models.mv_unet import check_temporal_context
 from ort3d.models.presets import get_preset
 from ort3d.models.scheduler import ScheduleConfig
 
@@ -30,14 +31,15 @@ class ExportedNetworks:
     name = "exported"
     autocast_dtype = None        # the pipeline's CCM matmul follows this (runtime/pipeline.py)
 
-    def __init__(self, directory: str | Path, manifest: dict, preset, q1_compat: bool):
+    def __init__(self, directory: str | Path, manifest: dict, preset, temporal_context: str):
         """preset: the Preset the run uses (checkpoint-derived widths included); None takes the
         named preset the set was built for."""
         self.directory = Path(directory)
         self.manifest = manifest
         self.preset = preset if preset is not None else get_preset(manifest["preset"])
         self.schedule_config = ScheduleConfig(**manifest["schedule"])
-        self.specs = network_specs(self.preset, q1_compat=q1_compat)
+        self.temporal_context = check_temporal_context(temporal_context)
+        self.specs = network_specs(self.preset, temporal_context=self.temporal_context)
         self._check_against_specs()
         self._clip_cfg: torch.Tensor | None = None
 

@@ -8,31 +8,15 @@ import time
 
 import torch
 
-from ort3d.models.checkpoint import build_models
-from ort3d.models.presets import get_preset
 from ort3d.runtime import outputs
-from ort3d.runtime.networks import EagerNetworks
+from ort3d.runtime.cli_common import EXIT_INPUT, EXIT_OK, EXIT_RUNTIME, default_preset, versions
+from ort3d.runtime.networks import make_networks, precision_policy
 from ort3d.runtime.pipeline import PipelineOptions, RecursivePipeline
 from ort3d.runtime.preprocess import InputError, preprocess
 from ort3d.runtime.timing import RunError
 
 TINY_WARNING = ("no checkpoint given: running the built-in tiny model with random weights; "
                 "the views and the 3D output will not resemble the input")
-
-
-def _networks(args, preset, device, weight_dtype, autocast_dtype):
-    """The per-network interface for --backend: our PyTorch modules, or an exported set."""
-    if args.backend == "eager":
-        models = build_models(preset, checkpoint_dir=args.checkpoint, svd_dir=args.svd,
-                              device=device, dtype=weight_dtype)
-        return EagerNetworks(models, device, autocast_dtype=autocast_dtype, q1_compat=args.q1_compat)
-    if args.backend == "ort":
-        from ort3d.runtime.backend_ort import OrtNetworks
-
-        return OrtNetworks(args.engines, device=device, q1_compat=args.q1_compat)
-    from ort3d.runtime.backend_trt import TrtNetworks
-
-    return TrtNetworks(args.engines, device=device, q1_compat=args.q1_compat)
 
 
 class Runner:
@@ -46,39 +30,43 @@ class Runner:
         self.quiet = quiet
 
     @classmethod
-    def from_args(cls, args, device, dtypes) -> "Runner":
-        weight_dtype, autocast_dtype = dtypes
+    def from_args(cls, args, device) -> "Runner":
         with_checkpoint = bool(args.checkpoint or args.svd)
-        preset = get_preset(args.preset or ("full" if with_checkpoint else "tiny"))
-        if args.backend == "eager" and not with_checkpoint and not args.quiet:
+        preset = default_preset(args)
+        if not with_checkpoint and not args.quiet:
             print(f"ort3d-run: warning: {TINY_WARNING}", file=sys.stderr)
-        nets = _networks(args, preset, device, weight_dtype, autocast_dtype)
-        preset = nets.preset
+        nets = make_networks(args.backend, preset, device, checkpoint=args.checkpoint,
+                             svd=args.svd, dtype=args.dtype, engines=args.engines,
+                             temporal_context=args.temporal_context)
         options = PipelineOptions(steps=args.steps, renderer=args.renderer,
                                   overlap_tiles_per_gaussian=args.overlap_tiles,
                                   exact_final_decode=args.exact_final_decode,
                                   check_every_stage=args.check_every_stage)
         pipeline = RecursivePipeline(nets, device, options)
+        eager = args.backend == "eager"
+        weight_dtype, autocast_dtype = precision_policy(args.dtype, device)
         settings = {
-            "preset": preset.name, "checkpoint": args.checkpoint, "svd": args.svd,
+            "preset": nets.preset.name, "checkpoint": args.checkpoint, "svd": args.svd,
+            "weights": getattr(getattr(nets, "models", None), "sources", None),
             "steps": args.steps, "seed": args.seed, "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             # The exported backends run what their graphs/engines hold (see their manifest).
-            "dtype": args.dtype if args.backend == "eager" else None,
-            "weight_dtype": str(weight_dtype).removeprefix("torch.") if args.backend == "eager" else None,
+            "dtype": args.dtype if eager else None,
+            "weight_dtype": str(weight_dtype).removeprefix("torch.") if eager else None,
             "autocast_dtype": (str(autocast_dtype).removeprefix("torch.")
-                               if args.backend == "eager" and autocast_dtype is not None else None),
-            "backend": args.backend, "engines": args.engines, "renderer": args.renderer, "q1_compat": args.q1_compat,
-            "exact_final_decode": args.exact_final_decode, "orbit_frames": 0 if args.no_video else args.orbit_frames,
+                               if eager and autocast_dtype is not None else None),
+            "backend": args.backend, "engines": str(getattr(nets, "directory", "")) or None,
+            "renderer": args.renderer, "temporal_context": nets.temporal_context,
+            "exact_final_decode": args.exact_final_decode,
+            "orbit_frames": 0 if args.no_video else args.orbit_frames,
             "elevation": args.elevation, "rembg": args.rembg,
         }
         return cls(pipeline, settings, args.rembg, 0 if args.no_video else args.orbit_frames,
                    args.elevation, args.quiet)
 
-    def process(self, path: pathlib.Path, out_dir: pathlib.Path) -> int:
-        """Runs one input; returns its exit status (0, 1 runtime failure, 2 bad input)."""
-        from ort3d.runtime.cli import EXIT_INPUT, EXIT_OK, EXIT_RUNTIME, versions
-
+    def process(self, path: pathlib.Path, out_dir: pathlib.Path, stem: str) -> int:
+        """Runs one input, writing OUT/<stem>_*; returns its exit status (0, 1 runtime failure,
+        2 bad input)."""
         pipeline, preset = self.pipeline, self.pipeline.preset
         started = time.perf_counter()
         try:
@@ -104,35 +92,37 @@ class Runner:
             print(f"ort3d-run: error: {path}: {exc}", file=sys.stderr)
             return EXIT_RUNTIME
 
-        stem = out_dir / path.stem
+        base = out_dir / stem
         written = []
         try:
             t0 = time.perf_counter()
-            written.append(outputs.write_views_png(f"{stem}_views.png", result.views.cpu(), pre.input_image))
-            kept = outputs.write_ply(f"{stem}.ply", result.gaussians.float().cpu())
-            written.append(pathlib.Path(f"{stem}.ply"))
+            written.append(outputs.write_views_png(f"{base}_views.png", result.views.cpu(), pre.input_image))
+            kept = outputs.write_ply(f"{base}.ply", result.gaussians.float().cpu())
+            written.append(pathlib.Path(f"{base}.ply"))
             if frames is not None:
-                written.append(outputs.write_video(f"{stem}_orbit.mp4",
+                written.append(outputs.write_video(f"{base}_orbit.mp4",
                                                    outputs.orbit_frames_uint8(frames.cpu())))
             outputs_ms = (time.perf_counter() - t0) * 1e3
             timings = result.timings.as_dict()
             timings["once_ms"].update(preprocess=preprocess_ms, orbit_render=orbit_ms, outputs=outputs_ms)
             report = {
                 "input": str(path), "settings": self.settings, "versions": versions(),
-                "notes": pre.notes, "num_gaussians": int(result.gaussians.shape[0]),
+                "background": pre.background, "notes": pre.notes, "num_gaussians": int(result.gaussians.shape[0]),
                 "num_gaussians_written": kept, "timings": timings,
                 "wall_s": time.perf_counter() - started,
-                "outputs": [pathlib.Path(p).name for p in written] + [f"{path.stem}_run.json"],
+                "outputs": [pathlib.Path(p).name for p in written] + [f"{stem}_run.json"],
             }
-            outputs.write_json(f"{stem}_run.json", report)
-        except (OSError, ValueError) as exc:
+            outputs.write_json(f"{base}_run.json", report)
+        except (OSError, ValueError, KeyboardInterrupt) as exc:
             for p in written:   # no partial output set
                 pathlib.Path(p).unlink(missing_ok=True)
+            if isinstance(exc, KeyboardInterrupt):
+                raise
             print(f"ort3d-run: error: {path}: cannot write outputs: {exc}", file=sys.stderr)
             return EXIT_RUNTIME
         if not self.quiet:
-            print(f"ort3d-run: {path.name}: wrote {stem}_views.png, {stem}.ply"
-                  + (f", {stem}_orbit.mp4" if frames is not None else "") + f", {stem}_run.json",
+            print(f"ort3d-run: {path.name}: wrote {base}_views.png, {base}.ply"
+                  + (f", {base}_orbit.mp4" if frames is not None else "") + f", {base}_run.json",
                   file=sys.stderr)
         return EXIT_OK
 

@@ -1,11 +1,13 @@
-"""`python export/build_engines.py` as a user runs it: from the repo root, as a script."""
+"""`ort3d-build`, and `python export/build_engines.py` as a user runs it: from the repo root, as a script."""
 
 import json
 import pathlib
 import subprocess
 import sys
 
-from ort3d.export import build_engines
+import pytest
+
+from ort3d.runtime import build_cli
 from ort3d.export.trt_build import tensorrt_missing_reason
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -32,18 +34,20 @@ def test_script_exports_verifies_and_explains_missing_tensorrt(tmp_path):
 
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys):
     missing = tmp_path / "no-such-checkpoint"
-    code = build_engines.main(["--checkpoint", str(missing), "--svd", str(tmp_path / "no-svd"),
+    code = build_cli.main(["--checkpoint", str(missing), "--svd", str(tmp_path / "no-svd"),
                                "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("build_engines.py: error: ")
-    code = build_engines.main(["--networks", "unet,vea_decoder", "--out", str(tmp_path / "out")])
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("ort3d-build: error: ")
+    code = build_cli.main(["--networks", "unet,vea_decoder", "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "unknown network 'vea_decoder'" in err and len(err.splitlines()) == 1
 
 
-def test_module_form_has_the_same_cli():
-    result = subprocess.run([sys.executable, "-m", "ort3d.export.build_engines", "--help"],
-                            cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0
-    for flag in ("--checkpoint", "--svd", "--preset", "--out", "--precision", "--onnx-only", "--verify"):
+@pytest.mark.parametrize("command", [["ort3d-build"], [sys.executable, "-m", "ort3d.export.build_engines"]],
+                         ids=["console-script", "module"])
+def test_every_form_has_the_same_cli(command):
+    result = subprocess.run([*command, "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for flag in ("--checkpoint", "--svd", "--preset", "--out", "--precision", "--onnx-only", "--verify",
+                 "--temporal-context"):
         assert flag in result.stdout

@@ -119,8 +119,8 @@ def test_manifest_that_is_not_json_is_refused(artefact_copy):
 def test_set_for_other_shapes_or_options_is_refused(artefact_copy):
     _one_line_error(lambda: OrtNetworks(artefact_copy, preset=FULL),
                     "networks.image_encoder.inputs", "preset 'full'")
-    _one_line_error(lambda: OrtNetworks(artefact_copy, q1_compat=True),
-                    "networks.unet.options.q1_compat")
+    _one_line_error(lambda: OrtNetworks(artefact_copy, temporal_context="per-half"),
+                    "networks.unet.options.temporal_context")
 
 
 def test_other_cameras_are_refused(artefact_copy):

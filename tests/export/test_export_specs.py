@@ -77,8 +77,9 @@ def test_sample_inputs_are_seeded_and_in_range():
 
 def test_camera_and_q1_options_are_recorded():
     cams = load_feedback_cameras()
-    specs = network_specs(TINY, q1_compat=True, cameras=cams)
-    assert specs["unet"].options["q1_compat"] is True
+    specs = network_specs(TINY, temporal_context="per-half", cameras=cams)
+    assert specs["unet"].options["temporal_context"] == "per-half"
+    assert network_specs(TINY, cameras=cams)["unet"].options["temporal_context"] == "interleaved"
     assert specs["unet"].options["cameras_sha256"] == specs["lgm"].options["cameras_sha256"]
     moved = dataclasses.replace(cams, c2w=cams.c2w.clone())
     moved.c2w[3, 0, 3] += 1e-3

@@ -23,7 +23,7 @@ import torch
 
 from ort3d.models.adapter import Adapter
 from ort3d.models.lgm import LGM, lgm_config_from_state_dict
-from ort3d.models.mv_unet import MVModel, mv_config_from_state_dict
+from ort3d.models.mv_unet import DEFAULT_TEMPORAL_CONTEXT, MVModel, mv_config_from_state_dict
 from ort3d.models.presets import TINY
 from ort3d.models.state_files import load_state_file, load_weights, params_on_meta
 from ort3d.models.weights import init_deterministic
@@ -123,8 +123,9 @@ def test_lgm_forward_gaussians_matches_authors(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
-# MVModel: (a) CFG batch B=2 with the Q1 context bug of diffusers 0.25 -> q1_compat=True;
-# (b) each CFG half run alone by the authors (B=1, no Q1) -> default mode.
+# MVModel: (a) CFG batch B=2 as the authors' released run (diffusers 0.25's Q1 interleaving)
+# -> ort3d's default, temporal_context="interleaved"; (b) each CFG half run alone by the authors
+# (B=1, where Q1 is invisible) -> the opt-in temporal_context="per-half" on the CFG batch.
 
 @pytest.fixture(scope="module")
 def mv_model(tmp_path_factory):
@@ -138,7 +139,7 @@ def mv_model(tmp_path_factory):
     return load_as_released(reference, build, path)
 
 
-def mv_call(model, inputs: dict, batch: slice, hoisted: bool, q1_compat: bool) -> torch.Tensor:
+def mv_call(model, inputs: dict, batch: slice, hoisted: bool, temporal_context: str) -> torch.Tensor:
     """ort3d's MVModel on the fixture inputs, either as the authors call theirs (cond maps,
     cameras) or with the per-image constants precomputed as the runtime does."""
     sample = inputs["sample"][batch]
@@ -152,37 +153,37 @@ def mv_call(model, inputs: dict, batch: slice, hoisted: bool, q1_compat: bool) -
             cameras = {"intrinsics": cams["intrinsics"].expand(n, -1, -1, -1),
                        "extrinsics": cams["c2w"].expand(n, -1, -1, -1)}
             return model(*args, cond=[m.expand(n, -1, -1, -1, -1) for m in maps],
-                         cameras=cameras, q1_compat=q1_compat)
+                         cameras=cameras, temporal_context=temporal_context)
         plucker = model.plucker_embeddings(cams["intrinsics"][0], cams["c2w"][0], sample.shape[-1])
         features = model.adapter_features(maps[0][0], maps[1][0])
-        constants = model.context_constants(context, q1_compat=q1_compat)
+        constants = model.context_constants(context, temporal_context=temporal_context)
         return model(*args, adapter_features=features, plucker=plucker, context=constants,
-                     q1_compat=q1_compat)
+                     temporal_context=temporal_context)
 
 
 @pytest.mark.parametrize("hoisted", [False, True], ids=["as-authors", "hoisted-constants"])
-def test_mv_cfg_batch_q1_compat_matches_authors_diffusers_025(mv_model, hoisted):
+def test_mv_default_matches_authors_released_run(mv_model, hoisted):
     fixture = load_fixture("parity_mv_cfg.pt")
     check_same_weights(mv_model, fixture["meta"])
-    out = mv_call(mv_model, fixture["inputs"], slice(0, 2), hoisted, q1_compat=True)
-    assert_close(out, fixture["output"], "MVModel B=2 q1_compat=True")
+    out = mv_call(mv_model, fixture["inputs"], slice(0, 2), hoisted, DEFAULT_TEMPORAL_CONTEXT)
+    assert_close(out, fixture["output"], "MVModel B=2 interleaved (default)")
 
 
 @pytest.mark.parametrize("hoisted", [False, True], ids=["as-authors", "hoisted-constants"])
-def test_mv_default_mode_matches_authors_single_batch(mv_model, hoisted):
+def test_mv_per_half_matches_authors_single_batch(mv_model, hoisted):
     fixture = load_fixture("parity_mv_single.pt")
     inputs, halves = fixture["inputs"], fixture["outputs"]
     for b in range(2):
-        out = mv_call(mv_model, inputs, slice(b, b + 1), hoisted, q1_compat=False)
+        out = mv_call(mv_model, inputs, slice(b, b + 1), hoisted, temporal_context="per-half")
         assert_close(out, halves[b], f"MVModel B=1 (CFG half {b})")
     # Without Q1 the CFG halves are independent: B=2 gives the two B=1 results.
-    out = mv_call(mv_model, inputs, slice(0, 2), hoisted, q1_compat=False)
-    assert_close(out, torch.cat(halves), "MVModel B=2 default mode")
+    out = mv_call(mv_model, inputs, slice(0, 2), hoisted, temporal_context="per-half")
+    assert_close(out, torch.cat(halves), "MVModel B=2 per-half")
 
 
 def test_fixtures_tell_q1_modes_apart():
-    """Passing the q1_compat test cannot imply passing the default one: the authors' B=2 (Q1)
-    and B=1 outputs of the same CFG half differ by far more than the tolerance."""
+    """Passing one mode's test cannot imply passing the other's: the authors' B=2 (Q1) and B=1
+    outputs of the same CFG half differ by far more than the tolerance."""
     cfg = load_fixture("parity_mv_cfg.pt")["output"]
     single = load_fixture("parity_mv_single.pt")["outputs"]
     for b in range(2):

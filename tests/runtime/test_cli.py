@@ -135,11 +135,10 @@ def test_bad_inputs_one_line_each_exit_2_no_partial_outputs_others_still_run(tmp
 
 
 @pytest.mark.parametrize("extra,match", [
-    (["--steps", "0"], "--steps must be at least"),
+    (["--steps", "1"], "--steps must be at least 2"),
     (["--out", "{file}/sub"], "cannot write to output folder"),
     (["--checkpoint", "{tmp}/ckpt", "--svd", "{tmp}/svd"], "config.json: missing"),
     (["--checkpoint", "{tmp}/ckpt"], "need both"),
-    (["--backend", "ort"], "needs --engines DIR"),
     (["--backend", "ort", "--engines", "{tmp}/ckpt"], "manifest.json"),
 ])
 def test_bad_settings_are_one_line_and_exit_2(tmp_path, capsys, extra, match):
@@ -195,3 +194,54 @@ def test_triton_renderer_without_cuda_or_interpreter_is_refused(tmp_path, capsys
     code, err = run_cli([image, "--out", tmp_path / "out", "--renderer", "triton", "--device", "cpu",
                          "--quiet"], capsys)
     assert code == 2 and "needs a CUDA device" in err and len(err.strip().splitlines()) == 1
+
+
+def test_colliding_input_names_get_distinct_outputs(tmp_path, capsys):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = object_image(tmp_path / "a" / "x.png")
+    second = object_image(tmp_path / "b" / "x.png", size=(64, 96))
+    out = tmp_path / "out"
+    code, _ = run_cli([first, second, "--out", out, "--no-video", "--steps", "2", "--quiet"], capsys)
+    assert code == 0
+    assert outputs_of(out, "a_x") == ["a_x.ply", "a_x_run.json", "a_x_views.png"]
+    assert outputs_of(out, "b_x") == ["b_x.ply", "b_x_run.json", "b_x_views.png"]
+    assert json.loads((out / "b_x_run.json").read_text())["input"] == str(second)
+    assert cli.output_stems([tmp_path / "a" / "x.png", tmp_path / "a" / "x.png"]) == ["a_x_png", "a_x_png-2"]
+
+
+@pytest.mark.parametrize("where", ["loop", "outputs"])
+def test_ctrl_c_is_one_line_exit_130_and_leaves_no_files(tmp_path, capsys, monkeypatch, where):
+    from ort3d.runtime import outputs
+    from ort3d.runtime.networks import EagerNetworks
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    if where == "loop":
+        monkeypatch.setattr(EagerNetworks, "lgm", interrupt)
+    else:   # after the views PNG and the .ply are written, before run.json
+        monkeypatch.setattr(outputs, "write_json", interrupt)
+    image = object_image(tmp_path / "c.png")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([str(image), "--out", str(tmp_path / "out"), "--steps", "2", "--no-video", "--quiet"])
+    assert exit_info.value.code == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "ort3d-run: interrupted"
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_backend_ort_without_engines_builds_into_the_user_cache_once(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ORT3D_ENGINE_CACHE", str(tmp_path / "cache"))
+    image = object_image(tmp_path / "o.png")
+    common = [image, "--backend", "ort", "--no-video", "--steps", "2", "--device", "cpu"]
+    code, err = run_cli([*common, "--out", tmp_path / "first"], capsys)
+    assert code == 0, err
+    (folder,) = (tmp_path / "cache").iterdir()
+    assert folder.name.startswith("tiny-") and (folder / "manifest.json").is_file()
+    assert "onnx: exporting" in err and "built now (first use only)" in err
+    code, err = run_cli([*common, "--out", tmp_path / "second"], capsys)
+    assert code == 0 and "onnx: exporting" not in err and "onnx: reused" in err
+    report = json.loads((tmp_path / "second" / "o_run.json").read_text())
+    assert report["settings"]["engines"] == str(folder)
+    assert report["settings"]["temporal_context"] == "interleaved"
