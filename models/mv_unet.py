@@ -220,14 +220,6 @@ class MVModel(nn.Module):
                 values[name] = module.to_out[0](module.to_v(ctx)) / module.rescale_output_factor
         return CrossAttentionConstants(values, check_temporal_context(temporal_context))
 
-    def adapter_features(self, rgb: torch.Tensor, ccm: torch.Tensor) -> list[list[torch.Tensor]]:
-        """Feedback maps [N,3,H,W] each -> [rgb features, ccm features], 4 levels per adapter.
-
-        Both CFG halves see the same feedback maps, so compute this for the N = F frames once
-        and let `forward` broadcast it over the batch.
-        """
-        return [encoder(maps) for encoder, maps in zip(self.cond_encoder, (rgb, ccm))]
-
     # ---- forward -------------------------------------------------------------------------------
 
     def _embedding(self, timestep, added_time_ids, batch, frames, dtype, device):
@@ -248,7 +240,8 @@ class MVModel(nn.Module):
         """sample [B,F,8,h,w] -> [B,F,4,h,w].
 
         cond: [rgb, ccm] each [B,F,3,H,W] (run through the adapters here), or adapter_features
-        from `adapter_features` ([F,...] shared by the batch, or [B·F,...]); neither = no adapter.
+        = [rgb features, ccm features] from the adapters ([F,...] shared by the batch, or
+        [B·F,...]); neither = no adapter.
         cameras: {"intrinsics": [B,F,3,3], "extrinsics": c2w [B,F,4,4]}, or plucker from
         `plucker_embeddings`. context: from `context_constants` (built with the same temporal_context).
         """

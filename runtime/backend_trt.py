@@ -7,7 +7,7 @@ manifest recorded (ort3d.export.manifest.check_engine_set): a foreign or corrupt
 the deserialiser or computes garbage, so it must never reach it.
 
 `run(name, **inputs)` copies the inputs into the network's static input buffers (no copy when a
-caller passes the buffer itself, see `input_buffers`) and returns the static output buffers:
+caller passes the buffer itself, as the UNet's adapter features are) and returns the static output buffers:
 they stay valid until the next run of the same network, like the eager loop's buffers. Every
 call is stream-ordered, with no host synchronisation, so a step can be captured in a CUDA graph:
 the engines run on the backend's own stream, joined to the caller's current stream before and
@@ -99,10 +99,6 @@ class TrtNetworks(ExportedNetworks):
             if (produced.shape, produced.dtype) == (consumed.shape, consumed.dtype):
                 self._buffers["unet"][name] = produced
                 self._contexts["unet"].set_tensor_address(name, produced.data_ptr())
-
-    def input_buffers(self, name: str) -> dict[str, torch.Tensor]:
-        """The static input tensors of a network: write them in place to skip run()'s copies."""
-        return {n: self._buffers[name][n] for n in self.specs[name].input_names}
 
     def set_conditioning(self, clip_cfg: torch.Tensor, cameras) -> None:
         super().set_conditioning(clip_cfg, cameras)

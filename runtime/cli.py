@@ -62,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(never downloaded); default: use the image's alpha or take it as cut out")
     p.add_argument("--overlap-tiles", type=int, default=8, metavar="N",
                    help="triton renderer: tile overlaps reserved per Gaussian and view (default 8)")
+    p.add_argument("--ply-raw", action="store_true",
+                   help="write the LGM's raw (unnormalised, Q19) quaternions and scales as the "
+                        "authors' code does; default: the scale and unit rotation of the covariance "
+                        "ort3d renders, so 3DGS viewers show the same splats (docs/ply.md)")
     p.add_argument("--elevation", type=float, default=0.0, help="orbit video elevation in degrees")
     p.add_argument("--orbit-frames", type=int, default=180, help="orbit video frames (30 fps)")
     p.add_argument("--no-video", action="store_true", help="skip the orbit video")

@@ -60,6 +60,7 @@ class Runner:
             "exact_final_decode": args.exact_final_decode,
             "orbit_frames": 0 if args.no_video else args.orbit_frames,
             "elevation": args.elevation, "rembg": args.rembg,
+            "ply_layout": "raw" if args.ply_raw else "viewer",
         }
         return cls(pipeline, settings, args.rembg, 0 if args.no_video else args.orbit_frames,
                    args.elevation, args.quiet)
@@ -97,7 +98,8 @@ class Runner:
         try:
             t0 = time.perf_counter()
             written.append(outputs.write_views_png(f"{base}_views.png", result.views.cpu(), pre.input_image))
-            kept = outputs.write_ply(f"{base}.ply", result.gaussians.float().cpu())
+            kept = outputs.write_ply(f"{base}.ply", result.gaussians.float().cpu(),
+                                     layout=self.settings["ply_layout"])
             written.append(pathlib.Path(f"{base}.ply"))
             if frames is not None:
                 written.append(outputs.write_video(f"{base}_orbit.mp4",

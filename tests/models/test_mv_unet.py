@@ -10,6 +10,7 @@ import copy
 import pytest
 import torch
 
+from mv_helpers import adapter_features
 from ort3d.models.cameras import load_feedback_cameras
 from ort3d.models.mv_unet import TEMPORAL_CONTEXTS, MVModel, temporal_context_index
 from ort3d.models.presets import TINY
@@ -63,7 +64,7 @@ def per_call(model, inputs, temporal_context="interleaved", dtype=torch.float32)
 def hoisted(model, inputs, temporal_context="interleaved", dtype=torch.float32):
     """As the runtime calls it: constants computed once, adapters run once for B = 1."""
     plucker = model.plucker_embeddings(inputs["intrinsics"].to(dtype), inputs["c2w"].to(dtype), S)
-    features = model.adapter_features(inputs["rgb"].to(dtype), inputs["ccm"].to(dtype))
+    features = adapter_features(model, inputs["rgb"].to(dtype), inputs["ccm"].to(dtype))
     context = model.context_constants(inputs["context"].to(dtype), temporal_context)
     return model(*args(inputs, dtype), adapter_features=features, plucker=plucker, context=context,
                  temporal_context=temporal_context)
@@ -172,7 +173,7 @@ def test_q3_skips_carry_the_plucker_term(model, inputs):
 def test_adapter_features_after_layers_before_downsampler_and_after_mid(model, inputs):
     unet = model.unet
     plucker = model.plucker_embeddings(inputs["intrinsics"], inputs["c2w"], S)
-    features = model.adapter_features(inputs["rgb"], inputs["ccm"])
+    features = adapter_features(model, inputs["rgb"], inputs["ccm"])
     cap = Capture()
     # Last layer skip of down blocks 0, 1, 2 is consumed by the first resnet of up blocks 3, 2, 1.
     for i in range(3):
@@ -195,8 +196,8 @@ def test_adapter_features_after_layers_before_downsampler_and_after_mid(model, i
 
 @torch.no_grad()
 def test_adapters_once_equal_adapters_on_cfg_doubled_batch(model, inputs):
-    once = model.adapter_features(inputs["rgb"], inputs["ccm"])
-    doubled = model.adapter_features(torch.cat([inputs["rgb"]] * B), torch.cat([inputs["ccm"]] * B))
+    once = adapter_features(model, inputs["rgb"], inputs["ccm"])
+    doubled = adapter_features(model, torch.cat([inputs["rgb"]] * B), torch.cat([inputs["ccm"]] * B))
     for level_once, level_doubled in zip(once[0] + once[1], doubled[0] + doubled[1]):
         for half in level_doubled.unflatten(0, (B, F)):
             assert rel(half, level_once) <= 1e-6   # convolution of a different batch size

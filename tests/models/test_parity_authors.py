@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mv_helpers import adapter_features
 from ort3d.models.adapter import Adapter
 from ort3d.models.lgm import LGM, lgm_config_from_state_dict
 from ort3d.models.mv_unet import DEFAULT_TEMPORAL_CONTEXT, MVModel, mv_config_from_state_dict
@@ -155,7 +156,7 @@ def mv_call(model, inputs: dict, batch: slice, hoisted: bool, temporal_context: 
             return model(*args, cond=[m.expand(n, -1, -1, -1, -1) for m in maps],
                          cameras=cameras, temporal_context=temporal_context)
         plucker = model.plucker_embeddings(cams["intrinsics"][0], cams["c2w"][0], sample.shape[-1])
-        features = model.adapter_features(maps[0][0], maps[1][0])
+        features = adapter_features(model, maps[0][0], maps[1][0])
         constants = model.context_constants(context, temporal_context=temporal_context)
         return model(*args, adapter_features=features, plucker=plucker, context=constants,
                      temporal_context=temporal_context)
@@ -205,7 +206,7 @@ def test_mv_adapter_features_match_authors(mv_model):
     fixture = load_fixture("parity_mv_single.pt")
     rgb, ccm = (from_recipe(r)[0] for r in fixture["inputs"]["cond_recipes"])
     with torch.no_grad():
-        ours = mv_model.adapter_features(rgb, ccm)
+        ours = adapter_features(mv_model, rgb, ccm)
     for k, (mine, theirs) in enumerate(zip(ours, fixture["adapter_features"])):
         assert len(mine) == len(theirs) == 4
         for level, (a, b) in enumerate(zip(mine, theirs)):

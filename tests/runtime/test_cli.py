@@ -245,3 +245,22 @@ def test_backend_ort_without_engines_builds_into_the_user_cache_once(tmp_path, c
     report = json.loads((tmp_path / "second" / "o_run.json").read_text())
     assert report["settings"]["engines"] == str(folder)
     assert report["settings"]["temporal_context"] == "interleaved"
+
+
+def test_ply_raw_writes_the_authors_quaternions(tmp_path, capsys, seed7_run):
+    image, default_out = seed7_run
+    code, _ = run_cli([image, "--out", tmp_path / "raw", "--seed", "7", *FAST, "--no-video", "--ply-raw"],
+                      capsys)
+    assert code == 0
+    report = json.loads((tmp_path / "raw" / "thing_run.json").read_text())
+    assert report["settings"]["ply_layout"] == "raw"
+    rot = ["rot_0", "rot_1", "rot_2", "rot_3"]
+
+    def quaternion_norms(path):
+        vertex = plyfile.PlyData.read(str(path))["vertex"]
+        return np.sqrt(sum(np.asarray(vertex[name], np.float64) ** 2 for name in rot))
+
+    # Q19: the LGM's quaternions are normalised over the Gaussians, far from unit length; the
+    # default layout stores unit rotations (docs/ply.md).
+    assert quaternion_norms(tmp_path / "raw" / "thing.ply").max() < 0.5
+    np.testing.assert_allclose(quaternion_norms(default_out / "thing.ply"), 1.0, atol=1e-5)
