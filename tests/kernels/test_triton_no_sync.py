@@ -87,7 +87,7 @@ def test_no_sync_on_gpu():
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
     if os.environ.get("TRITON_INTERPRET") == "1":
-        pytest.skip("kernels are interpreted (TRITON_INTERPRET=1); run with TRITON_INTERPRET=0 on a GPU")
+        pytest.skip("kernels are interpreted (ORT3D_TRITON_INTERPRET=1 forces the interpreter on this GPU)")
     gaussians = lgm_like_gaussians(num=4096, seed=8, device="cuda")
     cams = cameras("cuda")
     budget = OverlapBudget.for_scene(2, 4096, device="cuda")
