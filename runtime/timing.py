@@ -1,14 +1,16 @@
 """Per-stage timing and non-finite detection for the recursive loop, without host syncs in a step.
 
 On CUDA a stage is bracketed by CUDA events (read once, after the run) and an NVTX range; on CPU
-by `perf_counter` (the CPU executes synchronously, so no sync is needed). The finite check writes
-one device flag per (step, stage) and is read once at the end, unless `eager` asks for a sync per
-stage to stop at the first bad value.
+by `perf_counter` (the CPU executes synchronously, so no sync is needed). Stages inside a CUDA-graph
+capture become event-record nodes of the graph and are read after each replay (`StageTimer.capture`).
+The finite check writes one device flag per (step, stage) and is read once at the end, unless
+`eager` asks for a sync per stage to stop at the first bad value.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import statistics
 import time
 from collections import defaultdict
@@ -31,10 +33,27 @@ class NonFiniteError(RunError):
 
 
 class StageTimer:
+    """Per-stage times of a run. Records are read in `report()` (one device sync on CUDA).
+
+    CUDA graphs: an ordinary event recorded while a graph is being captured only orders streams
+    and never holds a time. Stages recorded inside `capture()` use events made with
+    external=True instead, which the capture turns into event-record nodes of the graph; each
+    replay records them again, and `replayed(captured, step)` files that replay's times:
+
+        with timer.capture() as captured, torch.cuda.graph(graph):
+            with timer.stage("unet", 0): ...
+        for i in range(steps):
+            graph.replay()
+            timer.replayed(captured, step=i)
+    """
+
     def __init__(self, device: torch.device, enabled: bool = True):
         self.cuda = torch.device(device).type == "cuda"
         self.enabled = enabled
-        self._records: list[tuple[str, int | None, object, object]] = []
+        # (stage, step, ms) when known at once (CPU, a read replay) or (stage, step, (start, end)
+        # CUDA events) read in report().
+        self._records: list[tuple[str, int | None, object]] = []
+        self._captured: list[tuple[str, int | None, tuple]] | None = None   # inside capture()
 
     @contextlib.contextmanager
     def stage(self, name: str, step: int | None = None):
@@ -42,10 +61,14 @@ class StageTimer:
             yield
             return
         label = name if step is None else f"{name}[{step}]"
+        capturing = self.cuda and torch.cuda.is_current_stream_capturing()
+        if capturing and self._captured is None:
+            raise RuntimeError(f"stage '{label}' is being captured into a CUDA graph outside "
+                               "StageTimer.capture(): its events would hold no time")
         # record_function marks the stage in torch.profiler traces (bench --profile); NVTX in Nsight.
         with torch.profiler.record_function(label):
             if self.cuda:
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start, end = (torch.cuda.Event(enable_timing=True, external=capturing) for _ in range(2))
                 torch.cuda.nvtx.range_push(label)
                 start.record()
                 try:
@@ -53,18 +76,41 @@ class StageTimer:
                 finally:
                     end.record()
                     torch.cuda.nvtx.range_pop()
+                timing = (start, end)
             else:
-                start = time.perf_counter()
+                begin = time.perf_counter()
                 try:
                     yield
                 finally:
-                    end = time.perf_counter()
-        self._records.append((name, step, start, end))
+                    timing = (time.perf_counter() - begin) * 1e3
+        (self._captured if capturing else self._records).append((name, step, timing))
 
-    def _elapsed_ms(self, start, end) -> float:
-        if self.cuda:
-            return start.elapsed_time(end)
-        return (end - start) * 1e3
+    @contextlib.contextmanager
+    def capture(self):
+        """Wrap a CUDA-graph capture; yields the list of stages recorded into the graph."""
+        if not self.cuda:
+            raise ValueError("StageTimer.capture() times CUDA graphs; this timer runs on the CPU")
+        if "external" not in inspect.signature(torch.cuda.Event.__new__).parameters:
+            raise RuntimeError(f"torch {torch.__version__} has no torch.cuda.Event(external=...), "
+                               "which timing stages inside a CUDA graph needs")
+        if self._captured is not None:
+            raise RuntimeError("StageTimer.capture() is already active")
+        self._captured = []
+        try:
+            yield self._captured
+        finally:
+            self._captured = None
+
+    def replayed(self, captured: list, step: int | None = None) -> None:
+        """File the stage times of the replay that just ran of the graph `captured` came from.
+
+        Waits for that replay to finish (a host sync per call: the next replay records the same
+        events again). `step` files step stages under that step instead of the captured one.
+        """
+        for name, captured_step, (start, end) in captured:
+            end.synchronize()
+            filed_step = captured_step if step is None or captured_step is None else step
+            self._records.append((name, filed_step, start.elapsed_time(end)))
 
     def report(self) -> "TimingReport":
         """Reads all records (one device sync on CUDA)."""
@@ -72,8 +118,8 @@ class StageTimer:
             torch.cuda.synchronize()
         per_step: dict[int, dict[str, float]] = defaultdict(dict)
         once: dict[str, float] = {}
-        for name, step, start, end in self._records:
-            ms = self._elapsed_ms(start, end)
+        for name, step, timing in self._records:
+            ms = timing if isinstance(timing, float) else timing[0].elapsed_time(timing[1])
             if step is None:
                 once[name] = once.get(name, 0.0) + ms
             else:
