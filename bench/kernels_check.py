@@ -17,13 +17,16 @@ with the torch chain (informational: the conventions gsplat does not expose diff
 gsplat.rasterization (bit for bit). Prints a table; writes JSON (default
 bench/results/kernels_check-<device>-<size>.json). `--device cpu` runs the kernels through the
 Triton interpreter (slow: use --size tiny) to exercise this script without a GPU; CUDA graphs are
-then skipped. Exit codes: 0 ok, 1 no CUDA device, 3 a parity check failed.
+then skipped. Exit codes: 0 ok, 1 no CUDA device, 2 ort3d not installed, 3 a parity check failed.
+ort3d must be installed (on a GPU image without network: `pip install --no-deps
+--no-build-isolation -e .` from the repository root).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import os
 import platform
@@ -38,7 +41,7 @@ SIZES = {   # name: (Gaussians, views, image side)
     "full": (65536, 8, 512),
     "tiny": (512, 2, 32),
 }
-EXIT_OK, EXIT_NO_CUDA, EXIT_PARITY = 0, 1, 3
+EXIT_OK, EXIT_NO_CUDA, EXIT_NOT_INSTALLED, EXIT_PARITY = 0, 1, 2, 3
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -351,6 +354,10 @@ def print_report(info: dict, parity: dict, table: dict, peer: dict) -> None:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if importlib.util.find_spec("ort3d") is None:
+        print("kernels_check: ort3d is not installed; from the repository root run "
+              "`pip install --no-deps --no-build-isolation -e .`", file=sys.stderr)
+        return EXIT_NOT_INSTALLED
     if args.device == "cpu":
         os.environ["TRITON_INTERPRET"] = "1"      # must precede the first `import triton`
     import torch
