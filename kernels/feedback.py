@@ -16,10 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ort3d.kernels.render import RenderOutput
-
-CCM_SCALE = 0.001
-CCM_OFFSET = 0.5
-UNSHUFFLE = 8  # adapter PixelUnshuffle factor: 3 channels -> 192 at latent resolution
+from ort3d.kernels.render_constants import CCM_OFFSET, CCM_SCALE, UNSHUFFLE
 
 
 def ccm_from_depth(depth: Tensor, c2w: Tensor, intrinsics_norm: Tensor,

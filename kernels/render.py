@@ -18,13 +18,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-TILE = 16                 # the rasterizer's BLOCK_X = BLOCK_Y
-NEAR_Z = 0.2              # in_frustum culls view z <= 0.2
-DILATION = 0.3            # px² added to the 2D covariance diagonal (anti-aliasing low-pass)
-JACOBIAN_CLAMP = 1.3      # EWA Jacobian uses x/z clamped to ±1.3·tanfov
-ALPHA_MAX = 0.99
-ALPHA_MIN = 1.0 / 255.0
-T_MIN = 1e-4              # stop before a Gaussian that would push transmittance below this
+from ort3d.kernels.render_constants import (
+    ALPHA_MAX, ALPHA_MIN, DILATION, DISCRIMINANT_FLOOR, JACOBIAN_CLAMP, NEAR_Z, SIGMA_EXTENT, T_MIN, TILE,
+)
 
 
 class RenderOutput(NamedTuple):
@@ -129,8 +125,8 @@ def project_gaussians(gaussians: Tensor, w2c: Tensor, K: Tensor, height: int, wi
     det_inv = 1.0 / torch.where(nonsingular, det, torch.ones_like(det))
     conic = torch.stack([c * det_inv, -b * det_inv, a * det_inv], -1)
     mid = 0.5 * (a + c)
-    lambda_max = mid + torch.sqrt(torch.clamp(mid * mid - det, min=0.1))  # the larger eigenvalue
-    radius = torch.ceil(3.0 * torch.sqrt(lambda_max))
+    lambda_max = mid + torch.sqrt(torch.clamp(mid * mid - det, min=DISCRIMINANT_FLOOR))  # larger eigenvalue
+    radius = torch.ceil(SIGMA_EXTENT * torch.sqrt(lambda_max))
     means2d = torch.stack([fx * x / z + cx, fy * y / z + cy], -1)
 
     valid = in_front & nonsingular & torch.isfinite(radius)

@@ -23,6 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ort3d.kernels.render_constants import (ALPHA_MAX, ALPHA_MIN, CCM_OFFSET, CCM_SCALE,
+                                            FEEDBACK_CHANNELS, T_MIN, TILE, UNSHUFFLE)
 from ort3d.kernels.triton_binning import TileBins
 from ort3d.kernels.triton_feedback import ccm_channels, store_unshuffled
 from ort3d.kernels.triton_project import REC, TritonProjection
@@ -44,12 +46,14 @@ def _composite_kernel(rec_ptr, ids_ptr, tile_start_ptr,
                       rgb_ptr, alpha_ptr, depth_ptr, fb_rgb_ptr, fb_ccm_ptr, c2w_ptr, intr_ptr,
                       N, V, height, width, tiles_x, tiles_per_image, bg_r, bg_g, bg_b,
                       REC: tl.constexpr, BATCH: tl.constexpr, WANT_IMAGES: tl.constexpr,
-                      WANT_FEEDBACK: tl.constexpr, CCM_FP16: tl.constexpr):
+                      WANT_FEEDBACK: tl.constexpr, CCM_FP16: tl.constexpr, TILE: tl.constexpr,
+                      ALPHA_MAX: tl.constexpr, ALPHA_MIN: tl.constexpr, T_MIN: tl.constexpr,
+                      CCM_SCALE: tl.constexpr, CCM_OFFSET: tl.constexpr, UNSHUFFLE: tl.constexpr):
     tile = tl.program_id(0)
     image = tl.program_id(1)
-    pix = tl.arange(0, 256)
-    row = (tile // tiles_x) * 16 + pix // 16
-    col = (tile % tiles_x) * 16 + pix % 16
+    pix = tl.arange(0, TILE * TILE)
+    row = (tile // tiles_x) * TILE + pix // TILE
+    col = (tile % tiles_x) * TILE + pix % TILE
     inside = (row < height) & (col < width)
     pix_x = col.to(tl.float32)
     pix_y = row.to(tl.float32)
@@ -59,13 +63,13 @@ def _composite_kernel(rec_ptr, ids_ptr, tile_start_ptr,
     end = tl.load(tile_start_ptr + tile_id + 1)
     records = rec_ptr + image.to(tl.int64) * N * REC
 
-    T = tl.full((256,), 1.0, tl.float32)
+    T = tl.full((TILE * TILE,), 1.0, tl.float32)
     alive = inside.to(tl.int32)
-    acc_r = tl.zeros((256,), tl.float32)
-    acc_g = tl.zeros((256,), tl.float32)
-    acc_b = tl.zeros((256,), tl.float32)
-    acc_d = tl.zeros((256,), tl.float32)
-    acc_a = tl.zeros((256,), tl.float32)
+    acc_r = tl.zeros((TILE * TILE,), tl.float32)
+    acc_g = tl.zeros((TILE * TILE,), tl.float32)
+    acc_b = tl.zeros((TILE * TILE,), tl.float32)
+    acc_d = tl.zeros((TILE * TILE,), tl.float32)
+    acc_a = tl.zeros((TILE * TILE,), tl.float32)
 
     i = start
     while (i < end) & (tl.max(alive, axis=0) > 0):
@@ -83,12 +87,12 @@ def _composite_kernel(rec_ptr, ids_ptr, tile_start_ptr,
             dx = gu - pix_x
             dy = gv - pix_y
             power = -0.5 * (ca * dx * dx + cc * dy * dy) - cb * dx * dy
-            alpha = tl.minimum(opacity * tl.exp(power), 0.99)
-            # Entries past the list end load opacity 0, so α = 0 < 1/255 skips them.
-            use = (power <= 0.0) & (alpha >= 1.0 / 255.0) & (alive > 0)
+            alpha = tl.minimum(opacity * tl.exp(power), ALPHA_MAX)
+            # Entries past the list end load opacity 0, so α = 0 < ALPHA_MIN skips them.
+            use = (power <= 0.0) & (alpha >= ALPHA_MIN) & (alive > 0)
             t_after = T * (1.0 - alpha)
-            stop = use & (t_after < 1e-4)
-            use = use & (t_after >= 1e-4)
+            stop = use & (t_after < T_MIN)
+            use = use & (t_after >= T_MIN)
             weight = tl.where(use, alpha * T, 0.0)
             acc_r += tl.load(rec + 7, mask=listed, other=0.0) * weight
             acc_g += tl.load(rec + 8, mask=listed, other=0.0) * weight
@@ -112,13 +116,14 @@ def _composite_kernel(rec_ptr, ids_ptr, tile_start_ptr,
         tl.store(rgb_ptr + rgb_at + plane, out_g, mask=inside)
         tl.store(rgb_ptr + rgb_at + 2 * plane, out_b, mask=inside)
     if WANT_FEEDBACK:
-        store_unshuffled(fb_rgb_ptr, image, 0, row, col, out_r, inside, height, width)
-        store_unshuffled(fb_rgb_ptr, image, 1, row, col, out_g, inside, height, width)
-        store_unshuffled(fb_rgb_ptr, image, 2, row, col, out_b, inside, height, width)
-        ccm_x, ccm_y, ccm_z = ccm_channels(acc_d, row, col, c2w_ptr, intr_ptr, image % V, CCM_FP16)
-        store_unshuffled(fb_ccm_ptr, image, 0, row, col, ccm_x, inside, height, width)
-        store_unshuffled(fb_ccm_ptr, image, 1, row, col, ccm_y, inside, height, width)
-        store_unshuffled(fb_ccm_ptr, image, 2, row, col, ccm_z, inside, height, width)
+        store_unshuffled(fb_rgb_ptr, image, 0, row, col, out_r, inside, height, width, UNSHUFFLE)
+        store_unshuffled(fb_rgb_ptr, image, 1, row, col, out_g, inside, height, width, UNSHUFFLE)
+        store_unshuffled(fb_rgb_ptr, image, 2, row, col, out_b, inside, height, width, UNSHUFFLE)
+        ccm_x, ccm_y, ccm_z = ccm_channels(acc_d, row, col, c2w_ptr, intr_ptr, image % V, CCM_FP16,
+                                           CCM_SCALE, CCM_OFFSET)
+        store_unshuffled(fb_ccm_ptr, image, 0, row, col, ccm_x, inside, height, width, UNSHUFFLE)
+        store_unshuffled(fb_ccm_ptr, image, 1, row, col, ccm_y, inside, height, width, UNSHUFFLE)
+        store_unshuffled(fb_ccm_ptr, image, 2, row, col, ccm_z, inside, height, width, UNSHUFFLE)
 
 
 def composite_triton(proj: TritonProjection, bins: TileBins, height: int, width: int,
@@ -139,7 +144,7 @@ def composite_triton(proj: TritonProjection, bins: TileBins, height: int, width:
         depth = torch.empty(B, V, 1, height, width, device=device, dtype=torch.float32)
     if want_feedback:
         c2w, intrinsics = (t.float().contiguous() for t in feedback_cameras)
-        fb_shape = (images, 3 * 64, height // 8, width // 8)
+        fb_shape = (images, FEEDBACK_CHANNELS, height // UNSHUFFLE, width // UNSHUFFLE)
         fb_rgb = torch.empty(fb_shape, device=device, dtype=feedback_dtype)
         fb_ccm = torch.empty(fb_shape, device=device, dtype=feedback_dtype)
     else:
@@ -154,5 +159,6 @@ def composite_triton(proj: TritonProjection, bins: TileBins, height: int, width:
         N, V, height, width, bins.tiles_x, bins.tiles_x * bins.tiles_y,
         float(background[0]), float(background[1]), float(background[2]),
         REC=REC, BATCH=batch, WANT_IMAGES=want_images, WANT_FEEDBACK=want_feedback,
-        CCM_FP16=ccm_fp16, num_warps=num_warps)
+        CCM_FP16=ccm_fp16, TILE=TILE, ALPHA_MAX=ALPHA_MAX, ALPHA_MIN=ALPHA_MIN, T_MIN=T_MIN,
+        CCM_SCALE=CCM_SCALE, CCM_OFFSET=CCM_OFFSET, UNSHUFFLE=UNSHUFFLE, num_warps=num_warps)
     return CompositeOutput(rgb, alpha, depth, fb_rgb, fb_ccm)

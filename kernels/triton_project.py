@@ -23,6 +23,8 @@ import triton
 import triton.language as tl
 
 from ort3d.kernels.render import Projected, tile_grid
+from ort3d.kernels.render_constants import (ALPHA_MIN, DILATION, DISCRIMINANT_FLOOR, JACOBIAN_CLAMP,
+                                            NEAR_Z, SIGMA_EXTENT, TILE)
 
 REC = 10          # floats per packed record
 BLOCK = 128       # Gaussians per program
@@ -57,7 +59,10 @@ class TritonProjection(NamedTuple):
 @triton.jit
 def _project_kernel(g_ptr, w2c_ptr, k_ptr, rec_ptr, rect_ptr, radius_ptr, touched_ptr, key_ptr,
                     N, V, height, width, tiles_x, tiles_y,
-                    REC: tl.constexpr, BLOCK: tl.constexpr, CULL_TRANSPARENT: tl.constexpr):
+                    REC: tl.constexpr, BLOCK: tl.constexpr, CULL_TRANSPARENT: tl.constexpr,
+                    NEAR_Z: tl.constexpr, JACOBIAN_CLAMP: tl.constexpr, DILATION: tl.constexpr,
+                    DISCRIMINANT_FLOOR: tl.constexpr, SIGMA_EXTENT: tl.constexpr,
+                    ALPHA_MIN: tl.constexpr, TILE: tl.constexpr):
     image = tl.program_id(1)                   # flat (b, v)
     b = image // V
     v = image % V
@@ -115,12 +120,12 @@ def _project_kernel(g_ptr, w2c_ptr, k_ptr, rec_ptr, rect_ptr, radius_ptr, touche
     x = r00 * px + r01 * py + r02 * pz + t0
     y = r10 * px + r11 * py + r12 * pz + t1
     depth = r20 * px + r21 * py + r22 * pz + t2
-    in_front = depth > 0.2
+    in_front = depth > NEAR_Z
     z = tl.where(in_front, depth, 1.0)         # keep culled entries finite
 
     # EWA Jacobian with x/z, y/z clamped to ±1.3·tanfov.
-    limx = 1.3 * tl.div_rn(width * 1.0, 2 * fx)
-    limy = 1.3 * tl.div_rn(height * 1.0, 2 * fy)
+    limx = JACOBIAN_CLAMP * tl.div_rn(width * 1.0, 2 * fx)
+    limy = JACOBIAN_CLAMP * tl.div_rn(height * 1.0, 2 * fy)
     tx = tl.minimum(limx, tl.maximum(-limx, tl.div_rn(x, z))) * z
     ty = tl.minimum(limy, tl.maximum(-limy, tl.div_rn(y, z))) * z
     j00 = tl.div_rn(fx, z)
@@ -141,17 +146,18 @@ def _project_kernel(g_ptr, w2c_ptr, k_ptr, rec_ptr, rect_ptr, radius_ptr, touche
     ub0 = b0 * c00 + b1 * c01 + b2 * c02
     ub1 = b0 * c01 + b1 * c11 + b2 * c12
     ub2 = b0 * c02 + b1 * c12 + b2 * c22
-    ca = ua0 * a0 + ua1 * a1 + ua2 * a2 + 0.3
+    ca = ua0 * a0 + ua1 * a1 + ua2 * a2 + DILATION
     cb = ua0 * b0 + ua1 * b1 + ua2 * b2
-    cc = ub0 * b0 + ub1 * b1 + ub2 * b2 + 0.3
+    cc = ub0 * b0 + ub1 * b1 + ub2 * b2 + DILATION
 
     det = ca * cc - cb * cb
     nonsingular = det != 0
     det_inv = tl.div_rn(1.0, tl.where(nonsingular, det, 1.0))
     mid = 0.5 * (ca + cc)
     # Correctly rounded sqrt (tl.sqrt may be approximate), like every division above.
-    lambda_max = mid + tl.sqrt_rn(tl.maximum(mid * mid - det, 0.1, propagate_nan=tl.PropagateNan.ALL))
-    radius = tl.ceil(3.0 * tl.sqrt_rn(lambda_max))
+    lambda_max = mid + tl.sqrt_rn(tl.maximum(mid * mid - det, DISCRIMINANT_FLOOR,
+                                             propagate_nan=tl.PropagateNan.ALL))
+    radius = tl.ceil(SIGMA_EXTENT * tl.sqrt_rn(lambda_max))
     u = tl.div_rn(fx * x, z) + cx
     w = tl.div_rn(fy * y, z) + cy
 
@@ -160,18 +166,20 @@ def _project_kernel(g_ptr, w2c_ptr, k_ptr, rec_ptr, rect_ptr, radius_ptr, touche
     if CULL_TRANSPARENT:
         # α = min(0.99, o·exp(power)) with power ≤ 0 never exceeds o: below 1/255 it is always
         # skipped, so binning it cannot change any pixel (LGM's background splats are like this).
-        valid = valid & (opacity >= 1.0 / 255.0)
+        valid = valid & (opacity >= ALPHA_MIN)
     radius = tl.where(valid, radius, 0.0)
     su = tl.where(valid, u, 0.0)
     sw = tl.where(valid, w, 0.0)
     # getRect, truncated toward zero; clamped while float so huge radii cannot overflow int32.
-    # (·)/16 is written as ·0.0625: identical, and exact on every backend.
+    # (·)/TILE is written as ·(1/TILE): identical for a power-of-two tile, and exact on every
+    # backend (a GPU's fp32 division may be approximate).
+    inv_tile = 1.0 / TILE
     gx = tiles_x * 1.0
     gy = tiles_y * 1.0
-    x0 = tl.minimum(tl.maximum((su - radius) * 0.0625, 0.0), gx).to(tl.int32)
-    y0 = tl.minimum(tl.maximum((sw - radius) * 0.0625, 0.0), gy).to(tl.int32)
-    x1 = tl.minimum(tl.maximum((su + radius + 15.0) * 0.0625, 0.0), gx).to(tl.int32)
-    y1 = tl.minimum(tl.maximum((sw + radius + 15.0) * 0.0625, 0.0), gy).to(tl.int32)
+    x0 = tl.minimum(tl.maximum((su - radius) * inv_tile, 0.0), gx).to(tl.int32)
+    y0 = tl.minimum(tl.maximum((sw - radius) * inv_tile, 0.0), gy).to(tl.int32)
+    x1 = tl.minimum(tl.maximum((su + radius + (TILE - 1.0)) * inv_tile, 0.0), gx).to(tl.int32)
+    y1 = tl.minimum(tl.maximum((sw + radius + (TILE - 1.0)) * inv_tile, 0.0), gy).to(tl.int32)
     touched = (x1 - x0) * (y1 - y0)
     valid = valid & (touched != 0)
     touched = tl.where(valid, touched, 0)
@@ -202,7 +210,7 @@ def project_gaussians_triton(gaussians: torch.Tensor, w2c: torch.Tensor, K: torc
                              height: int, width: int, cull_transparent: bool = True) -> TritonProjection:
     """Project gaussians [B,N,14] into V views (w2c [V,4,4], K [V,3,3]); see TritonProjection.
 
-    cull_transparent also culls opacity < 1/255, which renders identically with less work;
+    cull_transparent also culls opacity < ALPHA_MIN (1/255), which renders identically with less work;
     False reproduces the reference's culling exactly (and its tile lists).
     """
     g = gaussians.float().contiguous()
@@ -218,6 +226,8 @@ def project_gaussians_triton(gaussians: torch.Tensor, w2c: torch.Tensor, K: torc
     grid = (triton.cdiv(N, BLOCK), B * V)
     _project_kernel[grid](g, w2c.float().contiguous(), K.float().contiguous(), record, rect, radius,
                           touched, sort_key, N, V, height, width, tiles_x, tiles_y,
-                          REC=REC, BLOCK=BLOCK,
-                          CULL_TRANSPARENT=cull_transparent, enable_fp_fusion=False)
+                          REC=REC, BLOCK=BLOCK, CULL_TRANSPARENT=cull_transparent,
+                          NEAR_Z=NEAR_Z, JACOBIAN_CLAMP=JACOBIAN_CLAMP, DILATION=DILATION,
+                          DISCRIMINANT_FLOOR=DISCRIMINANT_FLOOR, SIGMA_EXTENT=SIGMA_EXTENT,
+                          ALPHA_MIN=ALPHA_MIN, TILE=TILE, enable_fp_fusion=False)
     return TritonProjection(record, rect, radius, touched, sort_key, B, V)

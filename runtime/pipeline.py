@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ort3d.kernels.feedback import feedback_maps
-from ort3d.kernels.feedback_dispatch import RENDERERS, prepare_render_cameras, render_feedback
+from ort3d.kernels.feedback_dispatch import (FeedbackRenderError, create_feedback_renderer,
+                                             prepare_render_cameras)
 from ort3d.kernels.render import camera_from_c2w, render_gaussians
+from ort3d.kernels.render_constants import FEEDBACK_CHANNELS
 from ort3d.models.cameras import ORBIT_FOV_DEG, load_feedback_cameras, orbit_c2w
 from ort3d.models.scheduler import EDMEulerSchedule
 from ort3d.models.svd import added_time_ids
@@ -28,8 +29,9 @@ class PipelineOptions:
     fps: int = 7
     motion_bucket_id: int = 127
     noise_aug_strength: float = 0.02
-    renderer: str = "torch"                         # "torch" (reference) or "triton"
-    overlap_tiles_per_gaussian: int = 8             # triton: fixed tile-overlap capacity per view
+    renderer: str = "torch"                         # a kernels.feedback_dispatch.RENDERERS kind
+    overlap_tiles_per_gaussian: int | None = None   # triton: initial overlap capacity per Gaussian
+                                                    # and view; None: sized from the first render
     exact_final_decode: bool = False                # Q12: decode the final latents again
     check_every_stage: bool = False                 # sync after each stage to stop at the first NaN
     timing: bool = True
@@ -66,22 +68,17 @@ class RecursivePipeline:
         self.latent_unscale = 1 / self.preset.vae["scaling_factor"]   # a Python float, as the reference
         lo, hi = self.options.guidance
         self.guidance = torch.linspace(lo, hi, views, device=self.device).view(1, views, 1, 1, 1)
-        if self.options.renderer not in RENDERERS:
-            raise ValueError(f"renderer must be one of {', '.join(RENDERERS)}, got {self.options.renderer!r}")
         # The reference's CCM matmul runs under autocast (fp16 on CUDA: Q5); follow the backend.
         self.ccm_dtype = getattr(nets, "autocast_dtype", None) or torch.float32
         self.cameras = load_feedback_cameras().to(self.device)
         size = self.preset.image_size
-        # Camera inverses sync on CUDA: done here, once, never inside a step.
-        self.render_cameras = prepare_render_cameras(self.cameras.c2w, self.cameras.fov_deg,
-                                                     self.cameras.intrinsics, size, size, self.device)
-        self.overlap_budget = None
-        if self.options.renderer == "triton":
-            from ort3d.kernels.triton_render import OverlapBudget
-
-            self.overlap_budget = OverlapBudget.for_scene(
-                views, self.preset.num_gaussians, self.device,
-                tiles_per_gaussian=self.options.overlap_tiles_per_gaussian)
+        # The renderer owns its cameras (inverted here, once: that syncs on CUDA), its overlap
+        # capacity, its stage timing and its checks between steps and after the run.
+        self.renderer = create_feedback_renderer(
+            self.options.renderer,
+            prepare_render_cameras(self.cameras.c2w, self.cameras.fov_deg, self.cameras.intrinsics,
+                                   size, size, self.device),
+            matmul_dtype=self.ccm_dtype, overlap_tiles=self.options.overlap_tiles_per_gaussian)
 
     # ---------------------------------------------------------------- once per image
     def prepare(self, image: torch.Tensor, seed: int) -> "LoopState":
@@ -108,7 +105,8 @@ class RecursivePipeline:
         latents = torch.randn((1, views, 4, s, s), generator=generator, device=self.device)
 
         # Q6: step 0 is conditioned on all-zero feedback images (zero in the unshuffled layout too).
-        zeros = torch.zeros((views, 192, s, s), device=self.device)
+        zeros = torch.zeros((views, FEEDBACK_CHANNELS, s, s), device=self.device)
+        self.renderer.start_run()
         return LoopState(
             latents=latents * self.schedule.init_noise_sigma,
             latent_cfg=torch.cat([torch.zeros_like(cond_latent), cond_latent]),
@@ -157,13 +155,10 @@ class RecursivePipeline:
                 decoded = self.nets.vae_decode(state.latents.flatten(0, 1) * self.latent_unscale)
                 state.guard.check("final_decode", None, decoded)
         state.guard.raise_if_any()
-        if self.overlap_budget is not None:   # a tile-overlap overflow is reported after the run
-            from ort3d.kernels.triton_render import OverlapCapacityError
-
-            try:
-                self.overlap_budget.check()
-            except OverlapCapacityError as exc:
-                raise RunError(str(exc)) from None
+        try:
+            self.renderer.check()   # a render left incomplete (not redone by `run`)
+        except FeedbackRenderError as exc:
+            raise RunError(str(exc)) from None
         views = (decoded / 2 + 0.5).clamp(0, 1)
         return RunResult(views=views, gaussians=state.gaussians[0], timings=state.timer.report())
 
@@ -172,30 +167,25 @@ class RecursivePipeline:
         state = self.prepare(image, seed)
         for i in range(self.options.steps):
             self.step(state, i)
+            if self.renderer.after_step(i):   # between steps: may read one device value
+                self._redo_feedback(state, i)
             if progress is not None:
                 progress(i)
         return self.finish(state)
 
     def _feedback(self, gaussians, timer, guard, step):
-        """Render the F feedback views; lay out RGB and CCM as the adapters' unshuffled input.
-
-        The torch reference times rendering and the CCM + unshuffle separately; the Triton
-        renderer fuses them into one kernel, timed as `render`.
-        """
-        cams, ccm_dtype = self.render_cameras, self.ccm_dtype
-        if self.options.renderer == "torch":
-            with timer.stage("render", step):
-                images = render_gaussians(gaussians, cams.w2c, cams.K, cams.height, cams.width)
-            with timer.stage("feedback", step):
-                rgb, ccm = feedback_maps(images, cams.c2w, cams.intrinsics_norm, unshuffle=True,
-                                         matmul_dtype=ccm_dtype)
-        else:
-            with timer.stage("render", step):
-                out = render_feedback(gaussians, cams, self.options.renderer,
-                                      budget=self.overlap_budget, matmul_dtype=ccm_dtype)
-                rgb, ccm = out.rgb, out.ccm
+        """The F feedback views as the adapters' unshuffled RGB and CCM (the renderer times its
+        own stages: `render`, and `feedback` where the CCM is a separate pass)."""
+        rgb, ccm = self.renderer(gaussians, timer, step)
         guard.check("feedback", step, rgb, ccm)
         return rgb, ccm
+
+    def _redo_feedback(self, state: "LoopState", step: int) -> None:
+        """Step `step`'s feedback again from the Gaussians still in the persistent buffer, after
+        the renderer fixed an incomplete render (a grown overlap buffer). Untimed: the step's
+        stage times stay those of its first attempt; the renderer's report records the redo."""
+        rgb, ccm = self._feedback(state.gaussians, None, state.guard, step)
+        state.features = self.nets.adapters(rgb, ccm)
 
     # ---------------------------------------------------------------- outputs
     def render_orbit(self, gaussians: torch.Tensor, num_frames: int, elevation_deg: float = 0.0,
