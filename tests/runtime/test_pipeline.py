@@ -7,6 +7,7 @@ import os
 
 import pytest
 import torch
+from torch.utils._pytree import tree_map
 
 from ort3d.kernels.feedback_dispatch import TorchFeedbackRenderer, create_feedback_renderer
 from ort3d.models.checkpoint import build_models
@@ -39,7 +40,8 @@ class Recorder:
         return self.nets.adapters(rgb, ccm)
 
     def unet(self, sample, timestep, time_ids, features):
-        self.unet_features.append(features)
+        # Copies: the loop may rewrite its feature buffers in place from step to step.
+        self.unet_features.append(tree_map(torch.Tensor.clone, features))
         return self.nets.unet(sample, timestep, time_ids, features)
 
 
