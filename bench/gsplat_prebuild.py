@@ -28,12 +28,13 @@ EXIT_OK, EXIT_UNAVAILABLE = 0, 1
 def main(argv=None) -> int:
     argparse.ArgumentParser(prog="bench/gsplat_prebuild.py", description=__doc__.split("\n\n")[0]).parse_args(argv)
     os.environ.setdefault("MAX_JOBS", str(os.cpu_count() or 1))   # read by gsplat when it builds
-    from ort3d.kernels import gsplat_render
+    from ort3d.kernels.feedback_dispatch import RendererUnavailable
+    from ort3d.kernels.gsplat_render import cuda_stages
 
     start = time.perf_counter()
     try:
-        gsplat_render.cuda_stages()
-    except gsplat_render.GsplatUnavailableError as error:
+        cuda_stages("cuda")
+    except RendererUnavailable as error:
         print(f"gsplat_prebuild: {error}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     elapsed = time.perf_counter() - start

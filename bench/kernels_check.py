@@ -258,26 +258,22 @@ def gsplat_peer(k, gaussians, cams, H, W, measure, runs, warmup) -> dict:
     """
     import torch
     gs = k.gsplat
-    reason = gs.gsplat_unavailable_reason(gaussians.device)
-    if reason:
-        return {"skipped": reason}
     try:
-        stages = gs.cuda_stages()
-    except gs.GsplatUnavailableError as error:
+        stages = gs.cuda_stages(gaussians.device)
+    except k.RendererUnavailable as error:
         return {"skipped": str(error)}
     import gsplat
-    feedback_args = (cams.w2c, cams.K, cams.c2w, cams.intrinsics_norm, H, W)
-    rgb, ccm, images = gs.render_feedback_gsplat(gaussians, *feedback_args)
+    out = k.render_feedback(gaussians, cams, renderer="gsplat", want_images=True)
     ref = k.render_feedback(gaussians, cams, renderer="torch", want_images=True)
     direct = gs.render_gaussians_rasterization(gaussians, cams.w2c, cams.K, H, W)
-    ccm_diff = (ccm - ref.ccm).abs()
+    ccm_diff = (out.ccm - ref.ccm).abs()
     parity = {
-        "equals_gsplat_rasterization": all(torch.equal(getattr(images, n), getattr(direct, n))
+        "equals_gsplat_rasterization": all(torch.equal(getattr(out.images, n), getattr(direct, n))
                                            for n in ("rgb", "alpha", "depth")),
-        "images_rgb_rel": rel_err(images.rgb, ref.images.rgb),
-        "images_alpha_rel": rel_err(images.alpha, ref.images.alpha),
-        "images_depth_rel": rel_err(images.depth, ref.images.depth),
-        "feedback_rgb_rel": rel_err(rgb, ref.rgb),
+        "images_rgb_rel": rel_err(out.images.rgb, ref.images.rgb),
+        "images_alpha_rel": rel_err(out.images.alpha, ref.images.alpha),
+        "images_depth_rel": rel_err(out.images.depth, ref.images.depth),
+        "feedback_rgb_rel": rel_err(out.rgb, ref.rgb),
         "feedback_ccm_max_abs": float(ccm_diff.max()),
         "feedback_ccm_frac_differing": float((ccm_diff > 0).float().mean()),
     }
@@ -295,7 +291,7 @@ def gsplat_peer(k, gaussians, cams, H, W, measure, runs, warmup) -> dict:
 
     rows = {"projection": project, "binning": lambda: gs.bin_stage(stages, projected, H, W),
             "compositing+feedback": composite_feedback,
-            "whole feedback": lambda: gs.render_feedback_gsplat(gaussians, *feedback_args)}
+            "whole feedback": lambda: k.render_feedback(gaussians, cams, renderer="gsplat")}
     return {"version": gsplat.__version__, "parity": parity,
             "timings": {name: summary(measure(fn, runs, warmup)) for name, fn in rows.items()}}
 
@@ -318,6 +314,7 @@ def load_kernels():
         emit_overlaps=triton_binning.emit_overlaps, key_dtype=triton_binning.key_dtype,
         composite_triton=triton_composite.composite_triton,
         render_feedback=feedback_dispatch.render_feedback,
+        RendererUnavailable=feedback_dispatch.RendererUnavailable,
         prepare_render_cameras=feedback_dispatch.prepare_render_cameras,
         OverlapBudget=triton_render.OverlapBudget,
         DEFAULT_TILES_PER_GAUSSIAN=triton_render.DEFAULT_TILES_PER_GAUSSIAN,

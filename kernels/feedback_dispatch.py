@@ -194,6 +194,9 @@ RENDERERS: dict[str, RendererKind] = {k.name: k for k in (
     RendererKind("torch", "the reference renderer (PyTorch)", lambda device: None, TorchFeedbackRenderer),
     RendererKind("triton", "fused Triton kernels, no host reads (GPU)", _triton_unavailable,
                  imported_on_use("ort3d.kernels.triton_render", "TritonFeedbackRenderer")),
+    RendererKind("gsplat", "nerfstudio's gsplat rasteriser fed the raw-quaternion covariance (GPU)",
+                 lambda device: importlib.import_module("ort3d.kernels.gsplat_render").gsplat_unavailable_reason(device),
+                 imported_on_use("ort3d.kernels.gsplat_render", "GsplatFeedbackRenderer")),
 )}
 
 

@@ -27,6 +27,7 @@ The pipeline is gsplat's `rasterization(packed=False, render_mode="RGB+D")` stag
 are gsplat's CUDA functions (the renderer), `torch_stages()` their pure-torch twins (gsplat's own
 `_torch_impl` projection and binning, and `rasterize_to_pixels_torch` below for compositing, as
 gsplat's torch compositing needs its CUDA extension), so CPU tests run the same mapping code.
+`GsplatFeedbackRenderer` is the feedback renderer of kind `gsplat` (feedback_dispatch.RENDERERS).
 """
 
 from __future__ import annotations
@@ -38,19 +39,14 @@ from typing import Callable, NamedTuple
 import torch
 from torch import Tensor
 
-from ort3d.kernels.feedback import feedback_maps
-from ort3d.kernels.render import (
-    ALPHA_MIN, DILATION, NEAR_Z, TILE, RenderOutput, covariance_3d, tile_grid,
-)
+from ort3d.kernels.feedback_dispatch import ImageFeedbackRenderer, RenderCameras, RendererUnavailable
+from ort3d.kernels.render import RenderOutput, covariance_3d, tile_grid
+from ort3d.kernels.render_constants import ALPHA_MIN, DILATION, NEAR_Z, TILE
 
 GSPLAT_MIN_VERSION = (1, 5)   # per-axis radii and opacity-aware tile bounds, as rasterization() uses
 GSPLAT_ALPHA_MAX = 0.999      # gsplat's hard-coded alpha clamp (the reference's is render.ALPHA_MAX)
 GSPLAT_T_STOP = 1e-4          # a pixel ends when a Gaussian would bring T to <= this (not blended)
 UPPER_TRIANGLE = ([0, 0, 0, 1, 1, 2], [0, 1, 2, 1, 2, 2])   # gsplat's [..., 6] covariance layout
-
-
-class GsplatUnavailableError(RuntimeError):
-    """The gsplat renderer cannot run here (no CUDA, gsplat missing or too old, extension build)."""
 
 
 class GsplatStages(NamedTuple):
@@ -96,39 +92,49 @@ def gsplat_version() -> tuple[int, ...] | None:
 
 
 def gsplat_package_problem() -> str | None:
-    """Why the installed gsplat cannot be used (one line: missing or too old), or None."""
+    """Why the installed gsplat cannot be used (missing or too old), or None."""
     version = gsplat_version()
     if version is None:
-        return "the gsplat renderer needs the gsplat package: pip install 'ort3d[gsplat]'"
+        return "gsplat is not installed: pip install 'ort3d[gsplat]'"
     if version < GSPLAT_MIN_VERSION:
         need = ".".join(map(str, GSPLAT_MIN_VERSION))
-        return f"the gsplat renderer needs gsplat>={need}, found {'.'.join(map(str, version))}"
+        return f"needs gsplat>={need}, found {'.'.join(map(str, version))}"
     return None
 
 
 def gsplat_unavailable_reason(device) -> str | None:
-    """Why the gsplat renderer cannot run on `device` (one line), or None. Builds nothing."""
-    if torch.device(device).type != "cuda":
-        return f"the gsplat renderer needs a CUDA device (gsplat's rasteriser is CUDA-only); got {device}"
+    """Why the gsplat renderer cannot run on `device`, or None (the registry's `unavailable`).
+    Builds nothing."""
+    if torch.device(device).type != "cuda" or not torch.cuda.is_available():
+        return "needs a CUDA device (gsplat's rasteriser is CUDA-only)"
     return gsplat_package_problem()
 
 
-@functools.cache
-def cuda_stages() -> GsplatStages:
-    """gsplat's CUDA stages. The first call builds gsplat's CUDA extension if it is not built yet
-    (minutes; docs/gsplat.md shows how to build it ahead); GsplatUnavailableError if it cannot."""
-    reason = gsplat_unavailable_reason("cuda" if torch.cuda.is_available() else "cpu")
+def renderer_unavailable(reason: str) -> RendererUnavailable:
+    return RendererUnavailable(f"renderer gsplat: {reason}")
+
+
+def cuda_stages(device="cuda") -> GsplatStages:
+    """gsplat's CUDA stages for `device`; RendererUnavailable (one line) if they cannot run there.
+    The first call builds gsplat's CUDA extension if it is not built yet (minutes; docs/gsplat.md
+    shows how to build it ahead)."""
+    reason = gsplat_unavailable_reason(device)
     if reason:
-        raise GsplatUnavailableError(reason)
+        raise renderer_unavailable(reason)
+    return _built_cuda_stages()
+
+
+@functools.cache
+def _built_cuda_stages() -> GsplatStages:
     import gsplat
     try:
         from gsplat.cuda._backend import _C
     except (ImportError, OSError, RuntimeError) as error:
         detail = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise GsplatUnavailableError(f"gsplat's CUDA extension failed to build: {detail}") from None
+        raise renderer_unavailable(f"gsplat's CUDA extension failed to build: {detail}") from None
     if _C is None:
-        raise GsplatUnavailableError("gsplat's CUDA extension is not built and no CUDA toolkit was found "
-                                     "to build it (docs/gsplat.md)")
+        raise renderer_unavailable("gsplat's CUDA extension is not built and no CUDA toolkit was found to build it "
+                          "(docs/gsplat.md)")
 
     def project(means, covars, opacities, viewmats, Ks, width, height, eps2d, near_plane):
         # Opacities give gsplat's opacity-aware tile bounds, as rasterization() passes them.
@@ -146,7 +152,7 @@ def torch_stages() -> GsplatStages:
     Needs only the gsplat package; runs on any device (binning loops in Python: small scenes)."""
     problem = gsplat_package_problem()
     if problem:
-        raise GsplatUnavailableError(problem)
+        raise renderer_unavailable(problem)
     from gsplat.cuda._torch_impl import _fully_fused_projection, _isect_offset_encode, _isect_tiles
 
     def project(means, covars, opacities, viewmats, Ks, width, height, eps2d, near_plane):
@@ -216,11 +222,7 @@ def render_gaussians_gsplat(gaussians: Tensor, w2c: Tensor, K: Tensor, height: i
 
     stages: None = gsplat's CUDA stages (needs CUDA), or `torch_stages()`.
     """
-    if stages is None:
-        reason = gsplat_unavailable_reason(gaussians.device)
-        if reason:
-            raise GsplatUnavailableError(reason)
-        stages = cuda_stages()
+    stages = stages if stages is not None else cuda_stages(gaussians.device)
     inputs = gsplat_inputs(gaussians, w2c, K, background)
     images = []
     for b in range(gaussians.shape[0]):   # one pass per object (B is 1 in the loop)
@@ -234,7 +236,7 @@ def render_gaussians_rasterization(gaussians: Tensor, w2c: Tensor, K: Tensor, he
                                    background=(1.0, 1.0, 1.0)) -> RenderOutput:
     """The same render through gsplat's public `rasterization()`, one call per object (CUDA): the
     check that the stage-by-stage path is gsplat's own pipeline (they agree bit for bit)."""
-    cuda_stages()
+    cuda_stages(gaussians.device)
     import gsplat
     inputs = gsplat_inputs(gaussians, w2c, K, background)
     images = []
@@ -247,15 +249,25 @@ def render_gaussians_rasterization(gaussians: Tensor, w2c: Tensor, K: Tensor, he
     return RenderOutput(*(torch.cat(parts) for parts in zip(*images)))
 
 
-def render_feedback_gsplat(gaussians: Tensor, w2c: Tensor, K: Tensor, c2w: Tensor, intrinsics_norm: Tensor,
-                           height: int, width: int, background=(1.0, 1.0, 1.0),
-                           matmul_dtype: torch.dtype = torch.float16,
-                           stages: GsplatStages | None = None) -> tuple[Tensor, Tensor, RenderOutput]:
-    """(rgb, ccm, images): the adapters' [B·V,192,H/8,W/8] inputs from a gsplat render, via the
-    reference's `feedback.feedback_maps` (CCM Q5 and PixelUnshuffle(8)), and the render itself."""
-    images = render_gaussians_gsplat(gaussians, w2c, K, height, width, background, stages)
-    rgb, ccm = feedback_maps(images, c2w, intrinsics_norm, True, matmul_dtype)
-    return rgb, ccm, images
+class GsplatFeedbackRenderer(ImageFeedbackRenderer):
+    """The feedback renderer of kind `gsplat`: a gsplat render, then the reference's CCM and
+    unshuffle (timed as `render` and `feedback`). gsplat's CUDA extension is built (or loaded) when
+    the renderer is created, before the loop. stages: `torch_stages()` instead of gsplat's CUDA
+    functions (tests). gsplat's binning reads its overlap count on the host: no CUDA graph."""
+
+    kind = "gsplat"
+
+    def __init__(self, cameras: RenderCameras, *, stages: GsplatStages | None = None, **options):
+        super().__init__(cameras, **options)
+        self.stages = stages if stages is not None else cuda_stages(cameras.w2c.device)
+
+    def render_images(self, gaussians: Tensor) -> RenderOutput:
+        cams = self.cameras
+        return render_gaussians_gsplat(gaussians, cams.w2c, cams.K, cams.height, cams.width, self.background,
+                                       self.stages)
+
+    def report(self) -> dict:
+        return {**super().report(), "gsplat": importlib.metadata.version("gsplat")}
 
 
 def rasterize_to_pixels_torch(means2d: Tensor, conics: Tensor, colors: Tensor, opacities: Tensor,

@@ -36,7 +36,7 @@ def test_images_only_when_asked_and_bad_choices_rejected():
     gaussians = lgm_like_gaussians(num=32, seed=6)
     out = render_feedback(gaussians, cameras("cpu"), renderer="torch")
     assert out.images is None and out.rgb.dtype == torch.float32
-    with pytest.raises(UnknownRendererError, match="renderer must be one of torch, triton; got 'cuda'"):
+    with pytest.raises(UnknownRendererError, match="renderer must be one of torch, triton, gsplat; got 'cuda'"):
         render_feedback(gaussians, cameras("cpu"), renderer="cuda")
     with pytest.raises(ValueError, match="divisible by 8"):
         prepare_render_cameras(look_at_c2w([0.0]), 39.6, INTRINSICS[None], 36, 32)

@@ -8,17 +8,20 @@ Scenes: LGM-like Gaussians (kernels/synthetic_gaussians.py) whose raw quaternion
 several pixels at 64² as LGM's do at 512².
 """
 
+import importlib.metadata
+
 import pytest
 import torch
 
 from kernel_helpers import INTRINSICS, rel_err
 from ort3d.kernels import gsplat_render, render
 from ort3d.kernels.feedback import pixel_unshuffle_feedback
-from ort3d.kernels.feedback_dispatch import prepare_render_cameras, render_feedback
+from ort3d.kernels.feedback_dispatch import (RendererUnavailable, create_feedback_renderer,
+                                             prepare_render_cameras, render_feedback)
 from ort3d.kernels.gsplat_render import (
-    GsplatUnavailableError, bin_stage, composite_stage, gsplat_inputs, gsplat_package_problem,
-    gsplat_unavailable_reason, project_stage, rasterize_to_pixels_torch, render_feedback_gsplat,
-    render_gaussians_gsplat, torch_stages,
+    GsplatFeedbackRenderer, bin_stage, composite_stage, gsplat_inputs, gsplat_package_problem,
+    gsplat_unavailable_reason, project_stage, rasterize_to_pixels_torch, render_gaussians_gsplat,
+    torch_stages,
 )
 from ort3d.kernels.synthetic_gaussians import lgm_like_gaussians, look_at_c2w
 
@@ -123,16 +126,18 @@ def test_whole_render_and_feedback_against_the_reference():
     assert rel_err(got.alpha, ref.alpha) <= 5e-3
     assert rel_err(got.depth, ref.depth) <= 5e-3
 
-    rgb, ccm, images = render_feedback_gsplat(g, cams.w2c, cams.K, cams.c2w, cams.intrinsics_norm, H, W,
-                                              stages=torch_stages())
+    renderer = GsplatFeedbackRenderer(cams, stages=torch_stages())       # the loop's gsplat kind
+    out = renderer.render(g, want_images=True)
     want = render_feedback(g, cams, renderer="torch")
+    rgb, ccm = out.rgb, out.ccm
     assert rgb.shape == ccm.shape == want.rgb.shape == (2, 192, H // 8, W // 8)
-    assert torch.equal(images.rgb, got.rgb)
+    assert torch.equal(out.images.rgb, got.rgb)
     assert torch.equal(rgb, pixel_unshuffle_feedback(got.rgb.flatten(0, 1)))
     assert rel_err(rgb, want.rgb) <= 2e-3                                  # the render's difference
     # CCM values are fp16 steps (2^-11): the depth differences above move a few of them
     # (measured: 0.25% of the values, by at most 3 steps).
     assert (ccm != want.ccm).float().mean() < 0.01
+    assert renderer.report() == {"kind": "gsplat", "gsplat": importlib.metadata.version("gsplat")}
 
 
 @needs_gsplat
@@ -184,17 +189,22 @@ def test_compositing_twin_by_hand():
 def test_unavailable_is_one_line(monkeypatch):
     g = lgm_like_gaussians(num=16, seed=1)
     cams = cameras()
-    reason = gsplat_unavailable_reason("cpu")
-    assert reason == "the gsplat renderer needs a CUDA device (gsplat's rasteriser is CUDA-only); got cpu"
-    with pytest.raises(GsplatUnavailableError, match=r"needs a CUDA device") as error:
-        render_gaussians_gsplat(g, cams.w2c, cams.K, H, W)
-    assert "\n" not in str(error.value)
+    no_cuda = "renderer gsplat: needs a CUDA device (gsplat's rasteriser is CUDA-only)"
+    with pytest.raises(RendererUnavailable) as error:                      # what --renderer gsplat gets
+        create_feedback_renderer("gsplat", cams)
+    assert str(error.value) == no_cuda
+    for call in (lambda: render_feedback(g, cams, renderer="gsplat"),
+                 lambda: render_gaussians_gsplat(g, cams.w2c, cams.K, H, W)):
+        with pytest.raises(RendererUnavailable) as error:
+            call()
+        assert str(error.value) == no_cuda
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)       # the package checks come next
     monkeypatch.setattr(gsplat_render, "gsplat_version", lambda: None)
-    assert gsplat_unavailable_reason("cuda") == "the gsplat renderer needs the gsplat package: pip install 'ort3d[gsplat]'"
-    with pytest.raises(GsplatUnavailableError, match=r"needs the gsplat package"):
+    assert gsplat_unavailable_reason("cuda") == "gsplat is not installed: pip install 'ort3d[gsplat]'"
+    with pytest.raises(RendererUnavailable, match=r"^renderer gsplat: gsplat is not installed"):
         torch_stages()
     monkeypatch.setattr(gsplat_render, "gsplat_version", lambda: (1, 4))
-    assert gsplat_unavailable_reason("cuda") == "the gsplat renderer needs gsplat>=1.5, found 1.4"
+    assert gsplat_unavailable_reason("cuda") == "needs gsplat>=1.5, found 1.4"
     with pytest.raises(ValueError, match=r"gaussians must be \[B, N, 14\]"):
         gsplat_inputs(g[0], cams.w2c, cams.K)
 
@@ -207,7 +217,7 @@ def cuda_stages_or_skip():
         pytest.skip("gsplat's CUDA kernels need a CUDA GPU")
     try:
         return gsplat_render.cuda_stages()     # builds gsplat's extension if needed (minutes)
-    except GsplatUnavailableError as error:
+    except RendererUnavailable as error:
         pytest.skip(str(error))
 
 
@@ -220,6 +230,7 @@ def test_cuda_stages_equal_gsplat_rasterization():
     for name in ("rgb", "alpha", "depth"):                  # the same kernels on the same inputs
         assert torch.equal(getattr(got, name), getattr(want, name))
     assert stages is gsplat_render.cuda_stages()            # built once per process
+    assert GsplatFeedbackRenderer(cams).stages is stages
 
 
 def test_cuda_stages_match_their_torch_twins_and_the_reference():
