@@ -1,24 +1,29 @@
-"""bench/latency.py's outputs: the environment, the device's peak, the JSON document (schema in
-bench/schema/latency.schema.json), the stdout table and the CSV upserted by
-(preset, backend, dtype, device)."""
+"""bench/latency.py's outputs: the environment block, the device's peak, the JSON document (schema
+in bench/schema/latency.schema.json), the stdout table, the CSV upserted by
+(preset, backend, dtype, device) and the PNG bar chart. Every file is written atomically
+(export/atomic.py): an interrupted or failed bench leaves no half-written output."""
 
 from __future__ import annotations
 
 import csv
-import importlib.metadata as md
-import importlib.util
 import io
+import json
+import math
 import os
 import platform
 from pathlib import Path
 
 import torch
+from PIL import Image, ImageDraw, ImageFont
 
-SCHEMA_VERSION = 1
-SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "latency.schema.json"
+from ort3d.export.atomic import atomic_path, atomic_write
+from ort3d.runtime.cli_common import versions
 
-# docs/architecture.md#per-step-cost: per-step FLOPs at the released size (torch.utils.flop_counter on the authors' modules).
-SPEC_FULL_TFLOP = {"unet": 20.35, "vae_decode": 24.34}
+SCHEMA_VERSION = 2
+
+# docs/architecture.md#per-step-cost: the reference's per-call TFLOP at the released size
+# (torch.utils.flop_counter on the authors' modules), recorded beside our own count at `full`.
+REFERENCE_FULL_TFLOP = {"unet": 20.35, "vae_decode": 24.34}
 
 # Dense fp16/bf16 tensor-core peaks in TFLOP/s, from NVIDIA's data sheets (no sparsity).
 # Matched on torch.cuda.get_device_name in order; a name matching none gets no peak.
@@ -54,40 +59,20 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def device_description(device: torch.device) -> dict:
+def environment(device: torch.device) -> dict:
+    """The JSON's `environment`: the device, torch's CPU threads and the package versions."""
     if device.type == "cuda":
         major, minor = torch.cuda.get_device_capability(device)
-        return {"device_name": torch.cuda.get_device_name(device), "device_type": "cuda",
-                "compute_capability": f"{major}.{minor}", "cpu_threads": torch.get_num_threads()}
-    return {"device_name": f"CPU {_cpu_name()} ({os.cpu_count()} cores)", "device_type": "cpu",
-            "compute_capability": None, "cpu_threads": torch.get_num_threads()}
+        described = {"device_name": torch.cuda.get_device_name(device), "device_type": "cuda",
+                     "compute_capability": f"{major}.{minor}"}
+    else:
+        described = {"device_name": f"CPU {_cpu_name()} ({os.cpu_count()} cores)", "device_type": "cpu",
+                     "compute_capability": None}
+    return {**described, "cpu_threads": torch.get_num_threads(), "versions": versions()}
 
 
-def _version(*distributions: str, module: str | None = None) -> str | None:
-    for dist in distributions:
-        try:
-            return md.version(dist)
-        except md.PackageNotFoundError:
-            continue
-    if module and importlib.util.find_spec(module) is not None:
-        return getattr(__import__(module), "__version__", None)
-    return None
-
-
-def versions() -> dict[str, str | None]:
-    from ort3d.models.version import __version__
-
-    return {
-        "python": platform.python_version(),
-        "ort3d": __version__,
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "triton": _version("triton", "pytorch-triton"),
-        "diffusers": _version("diffusers"),
-        "transformers": _version("transformers"),
-        "onnxruntime": _version("onnxruntime", "onnxruntime-gpu"),
-        "tensorrt": _version("tensorrt", "tensorrt-cu12", "tensorrt-cu13", module="tensorrt"),
-    }
+def write_json(path: Path, doc: dict) -> None:
+    atomic_write(path, (json.dumps(doc, indent=1, allow_nan=False) + "\n").encode())
 
 
 # ------------------------------------------------------------------------ stdout table
@@ -143,8 +128,8 @@ def format_table(doc: dict) -> str:
         lines.append(label.ljust(width) + "".join(c.ljust(28) for c in cells).rstrip())
     flops, peak = doc["flops"], doc["peak"]
     if flops:
-        lines.append("FLOPs per call: " + ", ".join(f"{k} {v['tflop']:.3g} T" for k, v in flops.items()
-                                                     if isinstance(v, dict)) + f" ({flops['source']})")
+        lines.append("FLOPs per call: " + ", ".join(f"{k} {flops[k]['tflop']:.3g} T" for k in ("unet", "vae_decode"))
+                     + f" ({flops['source']})")
     lines.append(f"peak: {peak['tflops'] if peak['tflops'] is not None else '-'} TFLOP/s; {peak['note']}")
     for b in doc["backends"]:
         if b["status"] != "ok":
@@ -188,7 +173,7 @@ def csv_rows(doc: dict) -> list[dict[str, str]]:
 
 def upsert_csv(path: Path, rows: list[dict[str, str]]) -> None:
     """Rows with the key of a new row are replaced; other rows and their order are kept.
-    Columns are the union (new columns appended), written atomically."""
+    Columns are the union (new columns appended)."""
     path = Path(path)
     old_rows, fields = [], []
     if path.is_file():
@@ -204,7 +189,66 @@ def upsert_csv(path: Path, rows: list[dict[str, str]]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=fields, restval="", lineterminator="\n")
     writer.writeheader()
     writer.writerows(kept + rows)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(buffer.getvalue())
-    os.replace(tmp, path)
+    atomic_write(path, buffer.getvalue().encode())
+
+
+# ------------------------------------------------------------------------ PNG
+# One stacked bar of per-step stage medians per backend, drawn with Pillow (already a runtime
+# dependency), so that no plotting library is needed.
+COLOURS = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#9c755f")
+WIDTH, BAR_HEIGHT, LEFT, RIGHT, TOP = 960, 34, 130, 80, 56
+
+
+def _nice_step(span: float) -> float:
+    """A 1/2/5 × 10^k tick spacing giving about 5 ticks over `span`."""
+    raw = span / 5
+    power = 10 ** math.floor(math.log10(raw))
+    return next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+
+
+def write_plot(doc: dict, path: Path) -> None:
+    """The chart of the backends that ran (at least one)."""
+    backends = [b for b in doc["backends"] if b["status"] == "ok"]
+    stages = [n for n in dict.fromkeys(n for b in backends for n in b["stages"]) if n != "step"]
+    total = max(sum(b["stages"][n]["median_ms"] for n in stages if n in b["stages"]) for b in backends)
+    total = max(total, 1e-3)
+    plot_w = WIDTH - LEFT - RIGHT
+    legend_rows = math.ceil(len(stages) / 4)
+    height = TOP + len(backends) * (BAR_HEIGHT + 14) + 40 + legend_rows * 20 + 16
+    img = Image.new("RGB", (WIDTH, height), "white")
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default()
+    s = doc["settings"]
+    draw.text((LEFT, 10), f"ort3d per-step stage medians (ms): preset {s['preset']}, dtype {s['dtype']}, "
+              f"{s['steps']} steps", fill="black", font=font)
+    draw.text((LEFT, 26), doc["environment"]["device_name"], fill="#555555", font=font)
+
+    scale = plot_w / total
+    y = TOP
+    for b in backends:
+        draw.text((8, y + BAR_HEIGHT // 2 - 6), b["name"], fill="black", font=font)
+        x = LEFT
+        for i, name in enumerate(stages):
+            ms = b["stages"].get(name, {}).get("median_ms", 0.0)
+            w = ms * scale
+            if w > 0:
+                draw.rectangle([x, y, x + w, y + BAR_HEIGHT], fill=COLOURS[i % len(COLOURS)])
+            x += w
+        draw.text((x + 4, y + BAR_HEIGHT // 2 - 6), f"{(x - LEFT) / scale:.1f}", fill="black", font=font)
+        y += BAR_HEIGHT + 14
+
+    draw.line([LEFT, y, LEFT + plot_w, y], fill="black")
+    step = _nice_step(total)
+    tick = 0.0
+    while tick <= total * 1.0001:
+        tx = LEFT + tick * scale
+        draw.line([tx, y, tx, y + 4], fill="black")
+        draw.text((tx - 8, y + 6), f"{tick:g}", fill="black", font=font)
+        tick += step
+    y += 30
+    for i, name in enumerate(stages):
+        lx, ly = LEFT + (i % 4) * 190, y + (i // 4) * 20
+        draw.rectangle([lx, ly, lx + 12, ly + 12], fill=COLOURS[i % len(COLOURS)])
+        draw.text((lx + 18, ly), name, fill="black", font=font)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")

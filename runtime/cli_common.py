@@ -102,14 +102,41 @@ def exit_on_interrupt(prog: str):
         raise SystemExit(EXIT_INTERRUPTED) from None
 
 
-def versions() -> dict[str, str]:
-    import importlib.metadata as md
+# The optional packages reports name, each with the distributions it ships as (the first one
+# installed wins): PyTorch's own Triton, the GPU ONNX Runtime, NVIDIA's per-CUDA TensorRT wheels.
+OPTIONAL_PACKAGES = {
+    "triton": ("triton", "pytorch-triton"),
+    "diffusers": ("diffusers",),
+    "transformers": ("transformers",),
+    "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
+    "tensorrt": ("tensorrt", "tensorrt-cu12", "tensorrt-cu13"),
+    "gsplat": ("gsplat",),
+}
 
-    out = {"python": platform.python_version()}
-    for pkg in ("ort3d", "torch", "triton", "diffusers", "transformers", "onnxruntime", "tensorrt",
-                "gsplat"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            continue
+
+def versions() -> dict[str, str]:
+    """python, ort3d, torch, the CUDA torch was built for, and the optional packages present (run
+    reports, bench results). A module installed without distribution metadata (TensorRT in
+    NVIDIA's containers) gives its __version__."""
+    import importlib
+    import importlib.metadata as md
+    import importlib.util
+
+    import torch
+
+    from ort3d.models.version import __version__
+
+    out = {"python": platform.python_version(), "ort3d": __version__, "torch": torch.__version__}
+    if torch.version.cuda:
+        out["cuda"] = torch.version.cuda
+    for module, distributions in OPTIONAL_PACKAGES.items():
+        for dist in distributions:
+            with contextlib.suppress(md.PackageNotFoundError):
+                out[module] = md.version(dist)
+                break
+        else:
+            if importlib.util.find_spec(module) is not None:
+                version = getattr(importlib.import_module(module), "__version__", None)
+                if version:
+                    out[module] = version
     return out

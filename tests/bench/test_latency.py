@@ -1,28 +1,27 @@
 """bench/latency.py on the tiny preset (CPU): one real bench run as a subprocess, its JSON against
-the schema, the stage counts, the CSV upsert, the plot, the trace and the error paths."""
+the schema, the stage counts, the CSV upsert, the plot, the trace, the rows taken from
+runtime.networks.BACKENDS and the error paths. bench/ is on pytest's pythonpath (pyproject), so
+`latency` and `latency_report` import as they do for each other when run as scripts."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import latency
+import latency_report
 import pytest
 import torch
+
+from ort3d.models.presets import get_preset
+from ort3d.runtime import networks
+from ort3d.runtime.cli_common import versions
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "bench"
 STEPS, WARMUP, REPEATS = 3, 1, 2
-
-
-def _load(name: str):
-    """bench/ is not a package: its modules are imported from its folder, the way latency.py
-    imports its siblings."""
-    if str(BENCH) not in sys.path:
-        sys.path.insert(0, str(BENCH))
-    return importlib.import_module(name)
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +43,12 @@ def test_json_validates_against_schema(bench_run):
     jsonschema.Draft202012Validator.check_schema(schema)
     jsonschema.Draft202012Validator(schema).validate(doc)
     assert doc["settings"]["timer"] == "perf_counter"
+    assert doc["environment"]["versions"] == versions()   # cli_common's block, same interpreter
     assert doc["environment"]["versions"]["torch"] == torch.__version__
+    assert doc["flops"]["reference_tflop"] is None         # the reference figures are for full only
 
 
 def test_every_stage_has_the_documented_n(bench_run):
-    measure = _load("latency_measure")
     from ort3d.runtime.timing import STEP_STAGES
 
     _, _, doc = bench_run
@@ -57,7 +57,7 @@ def test_every_stage_has_the_documented_n(bench_run):
     assert list(eager["stages"]) == [*STEP_STAGES, "step"]
     # n = repeats × the steps that run the stage (the last step renders no feedback).
     for name, stat in eager["stages"].items():
-        assert stat["n"] == measure.expected_n(name, STEPS, REPEATS), name
+        assert stat["n"] == latency.expected_n(name, STEPS, REPEATS), name
         assert stat["p20_ms"] <= stat["median_ms"] <= stat["p80_ms"]
     assert eager["stages"]["unet"]["n"] == REPEATS * STEPS
     assert eager["stages"]["adapters"]["n"] == REPEATS * (STEPS - 1)
@@ -95,8 +95,8 @@ def test_skipped_backend_reported_with_reason(bench_run):
     _, proc, doc = bench_run
     trt = next(b for b in doc["backends"] if b["name"] == "trt")
     assert trt["status"] == "skipped"
-    expected = "tensorrt not installed" if importlib.util.find_spec("tensorrt") is None else "no CUDA"
-    assert expected in trt["reason"]
+    # The factory's own reason (no tensorrt, or no CUDA device here), not a bench copy of it.
+    assert trt["reason"] == networks.unavailable_reason("trt", get_preset("tiny"), "cpu")
     assert f"skipped: trt: {trt['reason']}" in proc.stdout
     assert "unet (n=6)" in proc.stdout and "end-to-end" in proc.stdout
 
@@ -120,65 +120,87 @@ def test_csv_row_and_plot_and_trace_written(bench_run):
 
 
 def test_csv_upsert_replaces_the_row_with_the_same_key(tmp_path):
-    report = _load("latency_report")
     path = tmp_path / "latency.csv"
     row = lambda backend, dtype, ms, **extra: {"preset": "tiny", "backend": backend, "dtype": dtype,  # noqa: E731
                                               "device": "GPU X", "step_median_ms": ms, **extra}
-    report.upsert_csv(path, [row("eager", "auto", "10"), row("ort", "auto", "7")])
-    report.upsert_csv(path, [row("eager", "fp16", "5")])
-    report.upsert_csv(path, [row("eager", "auto", "9", lgm_median_ms="1")])
+    latency_report.upsert_csv(path, [row("eager", "auto", "10"), row("ort", "auto", "7")])
+    latency_report.upsert_csv(path, [row("eager", "fp16", "5")])
+    latency_report.upsert_csv(path, [row("eager", "auto", "9", lgm_median_ms="1")])
     lines = path.read_text().splitlines()
     assert lines[0] == "preset,backend,dtype,device,step_median_ms,lgm_median_ms"
     assert lines[1:] == ["tiny,ort,auto,GPU X,7,", "tiny,eager,fp16,GPU X,5,", "tiny,eager,auto,GPU X,9,1"]
 
 
 def test_device_peaks():
-    report = _load("latency_report")
-    assert report.device_peak_tflops("NVIDIA H100 80GB HBM3", "auto")[0] == 989.0
-    assert report.device_peak_tflops("NVIDIA H100 PCIe", "fp16")[0] == 756.0
-    assert report.device_peak_tflops("NVIDIA H200", "fp16")[0] == 989.0
-    assert report.device_peak_tflops("NVIDIA A100-SXM4-80GB", "bf16")[0] == 312.0
-    peak, note = report.device_peak_tflops("NVIDIA H100 NVL", "fp16")
+    assert latency_report.device_peak_tflops("NVIDIA H100 80GB HBM3", "auto")[0] == 989.0
+    assert latency_report.device_peak_tflops("NVIDIA H100 PCIe", "fp16")[0] == 756.0
+    assert latency_report.device_peak_tflops("NVIDIA H200", "fp16")[0] == 989.0
+    assert latency_report.device_peak_tflops("NVIDIA A100-SXM4-80GB", "bf16")[0] == 312.0
+    peak, note = latency_report.device_peak_tflops("NVIDIA H100 NVL", "fp16")
     assert peak is None and "no peak known" in note
-    assert report.device_peak_tflops("NVIDIA H100 80GB HBM3", "fp32")[0] is None
-    assert report.device_peak_tflops("CPU Some Chip (2 cores)", "auto")[0] is None
+    assert latency_report.device_peak_tflops("NVIDIA H100 80GB HBM3", "fp32")[0] is None
+    assert latency_report.device_peak_tflops("CPU Some Chip (2 cores)", "auto")[0] is None
 
 
 def test_quality_measures():
-    measure = _load("latency_measure")
     ref = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    assert measure.psnr_db(ref, ref) is None
+    assert latency.psnr_db(ref, ref) is None
     # A uniform error of 0.01 has MSE 1e-4: PSNR = 40 dB (float64 rounding of ref + 0.01 only).
-    assert measure.psnr_db(ref + 0.01, ref) == pytest.approx(40.0, abs=1e-9)
+    assert latency.psnr_db(ref + 0.01, ref) == pytest.approx(40.0, abs=1e-9)
     g = torch.randn(64, 14, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    assert measure.relative_error(g * 1.5, g) == pytest.approx(0.5, rel=1e-12)
-    assert measure.expected_n("render", 25, 3) == 72 and measure.expected_n("step", 25, 3) == 75
-    assert measure.expected_n("vae_encoder", 25, 3) == 3
+    assert latency.relative_error(g * 1.5, g) == pytest.approx(0.5, rel=1e-12)
+    assert latency.expected_n("render", 25, 3) == 72 and latency.expected_n("step", 25, 3) == 75
+    assert latency.expected_n("vae_encoder", 25, 3) == 3
 
 
-def test_bad_settings_exit_2(capsys):
-    latency = _load("latency")
+def test_rows_follow_the_backend_registry(monkeypatch):
+    rows = latency.bench_rows()
+    assert list(rows)[:2] == ["eager", "eager-triton"]
+    assert set(rows) == set(networks.BACKENDS) | {"eager-triton"}
+    assert rows["eager-triton"] == latency.Row("eager-triton", "eager", "triton")
+    assert all(rows[name] == latency.Row(name, name, "torch") for name in networks.BACKENDS)
+    # A backend registered later is a row (and a --backends choice) with no change in bench/.
+    added = networks.Backend("later", "test backend", lambda request: "not here", lambda request: None)
+    monkeypatch.setitem(networks.BACKENDS, "later", added)
+    assert latency.bench_rows()["later"] == latency.Row("later", "later", "torch")
+    args = latency.build_parser().parse_args(["--backends", "later"])
+    assert [row.name for row in latency.check_args(args)] == ["eager", "later"]
+
+
+def _bench_without_models(*argv: str) -> latency.Bench:
+    """A Bench for what rows read before any network is built: the settings and the preset."""
+    from types import SimpleNamespace
+
+    args = latency.build_parser().parse_args(list(argv))
+    return latency.Bench(args, torch.device("cpu"), models=SimpleNamespace(preset=get_preset("tiny")))
+
+
+def test_triton_row_needs_cuda():
+    bench, rows = _bench_without_models(), latency.bench_rows()
+    assert "timed on CUDA only" in bench.row_unavailable(rows["eager-triton"])
+    assert bench.row_unavailable(rows["eager"]) is None
+
+
+def test_bad_settings_exit_2(capsys, tmp_path):
     for argv, words in ((["--backends", "eager,nope"], "unknown backend 'nope'"),
-                        (["--steps", "0"], "--steps must be at least 1"),
+                        (["--steps", "1"], "--steps must be at least 2"),
                         (["--image", "/no/such.png"], "file not found"),
                         (["--checkpoint", "x"], "--checkpoint and --svd go together"),
+                        (["--artefacts", str(tmp_path)], "no manifest.json in"),
+                        (["--device", "cuda:0" if not torch.cuda.is_available() else "nope"], "device"),
                         (["--json", "/proc/no/r.json"], "--json: cannot create /proc/no")):
         assert latency.main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and words in err[0], (argv, err)
+        assert len(err) == 1 and err[0].startswith("latency.py: error: ") and words in err[0], (argv, err)
 
 
-def test_failing_backend_is_reported_not_raised(capsys):
-    latency, backends = _load("latency"), _load("latency_backends")
-    measure = _load("latency_measure")
-
-    def broken(ctx):
+def test_failing_backend_is_reported_not_raised(capsys, monkeypatch):
+    def broken(request):
         raise RuntimeError("engine file truncated\nsecond line")
 
-    backend = backends.Backend("ort", "torch", lambda ctx: None, broken)
-    ctx = backends.BenchContext(models=None, device=torch.device("cpu"), autocast_dtype=None, artefacts=None)
-    args = latency.build_parser().parse_args([])
-    entry = latency.run_backend(backend, ctx, args, measure, {})
-    assert entry == {"name": "ort", "status": "failed", "renderer": "torch",
+    monkeypatch.setitem(networks.BACKENDS, "broken",
+                        networks.Backend("broken", "test backend", lambda request: None, broken))
+    entry = latency.run_row(latency.bench_rows()["broken"], _bench_without_models())
+    assert entry == {"name": "broken", "status": "failed", "renderer": "torch",
                      "reason": "RuntimeError: engine file truncated"}
     assert "engine file truncated" in capsys.readouterr().err
