@@ -29,6 +29,7 @@ OUTPUTS_EPILOG = (
 def build_parser() -> argparse.ArgumentParser:
     from ort3d.models.scheduler import MIN_STEPS
     from ort3d.models.version import __version__
+    from ort3d.kernels.feedback_dispatch import RENDERERS
     from ort3d.runtime.networks import BACKENDS
 
     p = argparse.ArgumentParser(
@@ -51,17 +52,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engines", metavar="DIR", default=os.environ.get("ORT3D_ENGINES"),
                    help="artefact folder from `ort3d-build` (manifest.json) for the exported "
                         "backends (env ORT3D_ENGINES); default: the per-user cache")
-    p.add_argument("--renderer", choices=("torch", "triton"), default="torch",
-                   help="feedback renderer: torch (reference) or triton (fused kernels; GPU, or "
-                        "CPU through TRITON_INTERPRET=1, slowly)")
+    p.add_argument("--renderer", choices=tuple(RENDERERS), default="torch",
+                   help="feedback renderer: " + "; ".join(f"{k.name}: {k.summary}"
+                                                          for k in RENDERERS.values()))
     add_temporal_context_argument(p)
     p.add_argument("--exact-final-decode", action="store_true",
                    help="decode the final latents again instead of reusing the last step's decode")
     p.add_argument("--rembg", metavar="MODEL",
                    help="remove the background with rembg using this LOCAL model file "
                         "(never downloaded); default: use the image's alpha or take it as cut out")
-    p.add_argument("--overlap-tiles", type=int, default=8, metavar="N",
-                   help="triton renderer: tile overlaps reserved per Gaussian and view (default 8)")
+    p.add_argument("--overlap-tiles", type=int, default=None, metavar="N",
+                   help="triton renderer: start with N tile overlaps per Gaussian and view "
+                        "(default: auto, 1.5x the first render's need); a render that needs more "
+                        "grows the buffer and is redone, so a run never fails for lack of it")
     p.add_argument("--ply-raw", action="store_true",
                    help="write the LGM's raw (unnormalised, Q19) quaternions and scales as the "
                         "authors' code does; default: the scale and unit rotation of the covariance "
@@ -82,7 +85,7 @@ def check_settings(args) -> None:
 
     if args.steps < MIN_STEPS:
         raise UsageError(f"--steps must be at least {MIN_STEPS} (got {args.steps})")
-    if args.overlap_tiles < 1:
+    if args.overlap_tiles is not None and args.overlap_tiles < 1:
         raise UsageError(f"--overlap-tiles must be at least 1 (got {args.overlap_tiles})")
     if args.orbit_frames < 1:
         raise UsageError(f"--orbit-frames must be at least 1 (got {args.orbit_frames})")
@@ -129,10 +132,6 @@ def _main(argv: list[str] | None) -> int:
         out_dir = pathlib.Path(args.out)
         check_out_dir(out_dir)
         device = resolve_device(args.device)
-        if (args.renderer == "triton" and device.type != "cuda"
-                and os.environ.get("TRITON_INTERPRET") != "1"):
-            raise UsageError("--renderer triton needs a CUDA device (or TRITON_INTERPRET=1 for "
-                             "Triton's slow CPU interpreter)")
         from ort3d.runtime.run import Runner
 
         runner = Runner.from_args(args, device)

@@ -85,10 +85,11 @@ def default_preset(args):
 def input_error_types() -> tuple[type[Exception], ...]:
     """The errors that mean bad input or settings (one line, exit 2), as opposed to ort3d bugs."""
     from ort3d.export.errors import ExportError
+    from ort3d.kernels.feedback_dispatch import RendererUnavailable
     from ort3d.models.checkpoint import CheckpointError
     from ort3d.runtime.networks import BackendUnavailable
 
-    return UsageError, CheckpointError, ExportError, BackendUnavailable
+    return UsageError, CheckpointError, ExportError, BackendUnavailable, RendererUnavailable
 
 
 @contextlib.contextmanager

@@ -109,7 +109,8 @@ class Runner:
             timings["once_ms"].update(preprocess=preprocess_ms, orbit_render=orbit_ms, outputs=outputs_ms)
             report = {
                 "input": str(path), "settings": self.settings, "versions": versions(),
-                "background": pre.background, "notes": pre.notes, "num_gaussians": int(result.gaussians.shape[0]),
+                "background": pre.background, "renderer": pipeline.renderer.report(),
+                "notes": pre.notes, "num_gaussians": int(result.gaussians.shape[0]),
                 "num_gaussians_written": kept, "timings": timings,
                 "wall_s": time.perf_counter() - started,
                 "outputs": [pathlib.Path(p).name for p in written] + [f"{stem}_run.json"],
