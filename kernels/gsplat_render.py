@@ -44,7 +44,7 @@ from ort3d.kernels.render import RenderOutput, covariance_3d, tile_grid
 from ort3d.kernels.render_constants import ALPHA_MIN, DILATION, NEAR_Z, TILE
 
 GSPLAT_MIN_VERSION = (1, 5)   # per-axis radii and opacity-aware tile bounds, as rasterization() uses
-GSPLAT_ALPHA_MAX = 0.999      # gsplat's hard-coded alpha clamp (the reference's is render.ALPHA_MAX)
+GSPLAT_ALPHA_MAX = 0.999      # gsplat's hard-coded alpha clamp (the reference's: render_constants.ALPHA_MAX)
 GSPLAT_T_STOP = 1e-4          # a pixel ends when a Gaussian would bring T to <= this (not blended)
 UPPER_TRIANGLE = ([0, 0, 0, 1, 1, 2], [0, 1, 2, 1, 2, 2])   # gsplat's [..., 6] covariance layout
 
@@ -111,6 +111,7 @@ def gsplat_unavailable_reason(device) -> str | None:
 
 
 def renderer_unavailable(reason: str) -> RendererUnavailable:
+    """The one-line error, in the form feedback_dispatch.create_feedback_renderer gives it."""
     return RendererUnavailable(f"renderer gsplat: {reason}")
 
 
@@ -133,8 +134,8 @@ def _built_cuda_stages() -> GsplatStages:
         detail = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise renderer_unavailable(f"gsplat's CUDA extension failed to build: {detail}") from None
     if _C is None:
-        raise renderer_unavailable("gsplat's CUDA extension is not built and no CUDA toolkit was found to build it "
-                          "(docs/gsplat.md)")
+        raise renderer_unavailable("gsplat's CUDA extension is not built and no CUDA toolkit was found "
+                                   "to build it (docs/gsplat.md)")
 
     def project(means, covars, opacities, viewmats, Ks, width, height, eps2d, near_plane):
         # Opacities give gsplat's opacity-aware tile bounds, as rasterization() passes them.
