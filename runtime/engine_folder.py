@@ -17,6 +17,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import torch
+
 from ort3d.models.version import __version__
 
 ENGINE_CACHE_ENV = "ORT3D_ENGINE_CACHE"   # overrides the cache root (tests, shared machines)
@@ -60,7 +62,14 @@ def engine_folder(request, formats: tuple[str, ...]) -> Path:
         "built now (first use only)")
     options = BuildOptions(onnx_only="engine" not in formats,
                            temporal_context=request.temporal_context)
-    # Graphs are exported from fp32 weights whatever --dtype says (docs/precision.md).
-    models = request.models if request.models is not None else replace(request, dtype="fp32").weights()
+    # Graphs are exported from fp32 weights whatever --dtype says (docs/precision.md): prebuilt
+    # models are reused only when they are fp32.
+    given = request.models
+    models = (given if given is not None and _is_fp32(given)
+              else replace(request, models=None, dtype="fp32").weights())
     build_artefacts(models, folder, options, log=log)
     return folder
+
+
+def _is_fp32(models) -> bool:
+    return all(p.dtype == torch.float32 for p in models.mv.parameters())
