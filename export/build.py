@@ -1,5 +1,6 @@
-"""Build an artefact folder: ONNX graphs, optionally verified, and TensorRT engines where
-TensorRT is installed, recorded in one manifest (the programmatic core of build_engines.py).
+"""Build an artefact folder: ONNX graphs, optionally verified, TensorRT engines where
+TensorRT is installed and, with the "aoti" format, AOTInductor packages (export/aoti_export.py),
+recorded in one manifest (the programmatic core of ort3d-build).
 
 Each network is exported, checked and (if asked) verified, then its engine is built, and the
 manifest is rewritten after every network, so an interrupted build keeps what it finished. An
@@ -17,6 +18,8 @@ from typing import Callable
 import torch
 
 from ort3d.export import trt_build
+from ort3d.export.aoti_export import (AOTI_NETWORK_NAMES, FEEDBACK, aoti_key, aoti_module,
+                                      aoti_specs, compile_aoti)
 from ort3d.export.cache import CacheDecision, artefact_sha256, decide, module_sha256
 from ort3d.export.errors import ExportError
 from ort3d.export.manifest import MANIFEST_NAME, new_manifest, read_manifest, write_manifest
@@ -27,6 +30,7 @@ from ort3d.models.mv_unet import DEFAULT_TEMPORAL_CONTEXT
 from ort3d.models.version import __version__
 
 PRECISIONS = ("fp16", "bf16", "fp32")
+FORMATS = ("onnx", "aoti")        # ONNX graphs (+ TensorRT engines), AOTInductor packages
 TIMING_CACHE_DIR = "timing-caches"
 
 
@@ -41,15 +45,29 @@ class BuildOptions:
     networks: tuple[str, ...] = NETWORK_NAMES
     workspace_bytes: int = trt_build.DEFAULT_WORKSPACE_BYTES
     opset: int = OPSET
+    formats: tuple[str, ...] = ("onnx",)
 
     def check(self) -> None:
         """Settings that cannot work -> ExportError (before any model is built)."""
         if self.precision not in PRECISIONS:
             raise ExportError(f"--precision: {self.precision!r} is not one of {PRECISIONS}")
-        unknown = [n for n in self.networks if n not in NETWORK_NAMES]
+        bad = [f for f in self.formats if f not in FORMATS]
+        if bad or not self.formats:
+            raise ExportError(f"--formats: unknown format {bad[0] if bad else '(none)'!r}; "
+                              f"choose from {','.join(FORMATS)}")
+        names = AOTI_NETWORK_NAMES if "aoti" in self.formats else NETWORK_NAMES
+        unknown = [n for n in self.networks if n not in names]
         if unknown or not self.networks:
             raise ExportError(f"--networks: unknown network {unknown[0] if unknown else '(none)'!r}; "
-                              f"choose from {','.join(NETWORK_NAMES)}")
+                              f"choose from {','.join(names)}")
+
+    def wanted_networks(self) -> tuple[str, ...]:
+        """The networks to build, in build order; with AOTInductor the full set includes the
+        feedback stage (a package only: it has no ONNX graph)."""
+        wanted = set(self.networks)
+        if "aoti" in self.formats and wanted >= set(NETWORK_NAMES):
+            wanted.add(FEEDBACK)
+        return tuple(n for n in AOTI_NETWORK_NAMES if n in wanted)
 
 
 @dataclass
@@ -84,7 +102,9 @@ def engine_key(spec: NetworkSpec, onnx_sha256: str, flags: list[str], identity: 
 
 
 def _still_fits(entry: dict, spec: NetworkSpec) -> bool:
-    key = entry["onnx"]["key"]
+    key = (entry["onnx"] or entry.get("aoti") or {}).get("key")
+    if key is None:
+        return False
     return (key["ort3d_version"], key["shapes"], entry["options"]) == (
         __version__, spec.shapes(), dict(spec.options))
 
@@ -115,31 +135,43 @@ def build_artefacts(models, out_dir: str | Path, options: BuildOptions | None = 
     previous_nets = previous["networks"] if previous else {}
 
     missing = None
-    if not options.onnx_only and engine_builder is None:
+    onnx_only = options.onnx_only or "onnx" not in options.formats
+    if not onnx_only and engine_builder is None:
         missing = trt_build.tensorrt_missing_reason()
         if missing:
             log(f"TensorRT unavailable: {missing}; writing ONNX graphs only "
                 "(build engines later on a GPU host with TensorRT 10)")
-    build_engines = not options.onnx_only and missing is None
+    build_engines = not onnx_only and missing is None
     if build_engines:
         identity = identity or trt_build.host_identity()
         engine_builder = engine_builder or trt_build.build_engine
 
     specs = network_specs(models.preset, temporal_context=options.temporal_context)
+    specs = aoti_specs(specs, models.preset) if "aoti" in options.formats else specs
+    aoti_device = next(models.mv.parameters()).device.type
     schedule = dataclasses.asdict(models.schedule)
     manifest = new_manifest(models.preset.name, options.precision, schedule)
     # Networks outside a --networks subset keep their entries, if they still fit this set.
     manifest["networks"] = {k: v for k, v in previous_nets.items()
-                            if k in NETWORK_NAMES and k not in options.networks
+                            if k in specs and k not in options.wanted_networks()
                             and _still_fits(v, specs[k]) and previous["schedule"] == schedule}
     report = BuildReport(manifest_path, build_engines, missing)
-    total = len(options.networks)
-    for index, name in enumerate(n for n in NETWORK_NAMES if n in options.networks):
+    total = len(options.wanted_networks())
+    for index, name in enumerate(options.wanted_networks()):
         spec, old = specs[name], previous_nets.get(name, {})
         tag = f"[{index + 1}/{total}] {name:<13}"
-        module = spec.module_for_export(models).eval()
-        onnx_entry, onnx_decision = _onnx(spec, module, out_dir, old.get("onnx"), options, tag, log)
-        decisions = {"onnx": onnx_decision}
+        module = aoti_module(spec, models).eval()
+        entry, decisions = {**spec.io_table(), "options": dict(spec.options)}, {}
+        if "aoti" in options.formats:
+            entry["aoti"], decisions["aoti"] = _aoti(spec, module, out_dir, old.get("aoti"),
+                                                     aoti_device, tag, log)
+        if "onnx" not in options.formats or name == FEEDBACK:
+            report.decisions[name] = decisions
+            manifest["networks"][name] = {**entry, "onnx": None, "engine": None}
+            write_manifest(manifest_path, manifest)
+            continue
+        onnx_entry, decisions["onnx"] = _onnx(spec, module, out_dir, old.get("onnx"), options,
+                                              tag, log)
         if options.verify:
             started = time.perf_counter()
             rows = verify_network(spec, module, out_dir / onnx_entry["file"], options.verify_seed)
@@ -154,8 +186,7 @@ def build_artefacts(models, out_dir: str | Path, options: BuildOptions | None = 
         else:
             engine = _carried_engine(old.get("engine"), onnx_entry["sha256"], spec)
         report.decisions[name] = decisions
-        manifest["networks"][name] = {**spec.io_table(), "options": dict(spec.options),
-                                      "onnx": onnx_entry, "engine": engine}
+        manifest["networks"][name] = {**entry, "onnx": onnx_entry, "engine": engine}
         write_manifest(manifest_path, manifest)
         del module
     log(f"manifest: {manifest_path}")
@@ -175,6 +206,18 @@ def _onnx(spec, module, out_dir, previous, options, tag, log):
     entry = {"file": artefact.file, "external_data": artefact.external_data,
              "sha256": artefact.sha256, "opset": artefact.opset, "key": key}
     return entry, decision
+
+
+def _aoti(spec, module, out_dir, previous, device, tag, log):
+    key = aoti_key(spec, module, device)
+    decision = decide(previous, key, out_dir)
+    if decision.reuse:
+        log(f"{tag} aoti: reused ({decision.reason})")
+        return previous, decision
+    log(f"{tag} aoti: compiling for {device} ({decision.reason}) ...")
+    artefact = compile_aoti(spec, module, out_dir, device)
+    log(f"{tag} aoti: {artefact.file} in {artefact.seconds:.1f} s")
+    return {"file": artefact.file, "sha256": artefact.sha256, "key": key}, decision
 
 
 def _engine(spec, onnx_entry, out_dir, previous, options, identity, builder, tag, log):

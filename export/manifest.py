@@ -1,8 +1,10 @@
 """The engine-set manifest: one JSON per artefact folder (docs/manifest.md).
 
 For each network it records the I/O table, the export options baked into the graph, the ONNX
-graph (file, external-data files, sha256, the key it was exported under) and, when TensorRT built
-one, the engine (file, sha256, precision and the key of ENGINE_KEY_FIELDS). The layout is defined
+graph (file, external-data files, sha256, the key it was exported under), when TensorRT built
+one, the engine (file, sha256, precision and the key of ENGINE_KEY_FIELDS) and, when asked for,
+the AOTInductor package (file, sha256 and its key: weights, shapes, options, device, dtype,
+torch version). The layout is defined
 by `manifest.schema.json` beside this file, which C++ hosts read too.
 
 Everything a runtime needs to refuse an unusable set is checked here, from the JSON alone and the
@@ -97,8 +99,33 @@ def check_onnx_set(document: dict, directory: Path, required, verify_hashes: boo
     check_version(document, path)
     check_networks(document, path, required)
     for name in required:
-        _check_files(document["networks"][name]["onnx"], directory, f"networks.{name}.onnx",
-                     verify_hashes)
+        onnx = document["networks"][name]["onnx"]
+        if onnx is None:
+            raise ExportError(f"{path}: field networks.{name}.onnx is null: the set was built "
+                              f"without an ONNX graph for {name!r}; rebuild it with --formats onnx")
+        _check_files(onnx, directory, f"networks.{name}.onnx", verify_hashes)
+
+
+def check_aoti_set(document: dict, directory: Path, required, device: str, torch_version: str,
+                   verify_hashes: bool = True) -> None:
+    """What the AOTInductor backend needs: packages built by this ort3d version, by this torch
+    version (the package loader refuses others), for this device, with their files intact."""
+    path = directory / MANIFEST_NAME
+    check_version(document, path)
+    check_networks(document, path, required)
+    for name in required:
+        package = document["networks"][name].get("aoti")
+        field = f"networks.{name}.aoti"
+        if package is None:
+            raise ExportError(f"{path}: field {field} is missing: no AOTInductor package was "
+                              f"built for {name!r}; rebuild the set with --formats aoti")
+        key = package["key"]
+        for item, wanted in (("ort3d_version", __version__), ("device", device),
+                             ("torch_version", torch_version)):
+            if key[item] != wanted:
+                raise ExportError(f"{path}: field {field}.key.{item} is {key[item]!r} but this "
+                                  f"run needs {wanted!r}; rebuild the set here")
+        _check_files(package, directory, field, verify_hashes)
 
 
 def check_engine_set(document: dict, directory: Path, required, identity: dict,

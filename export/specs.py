@@ -147,7 +147,9 @@ def network_specs(preset: Preset, temporal_context: str = DEFAULT_TEMPORAL_CONTE
                     cameras=cameras, temporal_context=temporal_context),
         NetworkSpec("vae_decoder",
                     (TensorSpec("latents", (views, 4, s, s)),),
-                    (TensorSpec("images", (views, 3, size, size)),), fp16_overflows=True),
+                    (TensorSpec("images", (views, 3, size, size)),), fp16_overflows=True,
+                    # the loop scales latents by 1/scaling_factor before decoding; hosts read it here
+                    options={"scaling_factor": preset.vae["scaling_factor"]}),
         NetworkSpec("lgm",
                     (TensorSpec("images", (1, views, 3, size, size), kind="signed"),
                      TensorSpec("timestep", (1,), kind="timestep")),

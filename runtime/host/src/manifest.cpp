@@ -1,0 +1,297 @@
+#include "manifest.h"
+
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <sstream>
+#include <stdexcept>
+
+#include "json.h"
+#include "ort3d/host.h"
+#include "sha256.h"
+
+#ifndef ORT3D_VERSION
+#error "ORT3D_VERSION must be defined by the build (CMakeLists.txt reads models/version.py)"
+#endif
+
+namespace ort3d {
+
+const std::vector<std::string> kHostNetworks = {"image_encoder", "vae_encoder", "adapters", "unet",
+                                                "vae_decoder",   "lgm",         "feedback"};
+
+namespace {
+
+namespace fs = std::filesystem;
+using json::Type;
+using json::Value;
+
+constexpr int kFormatVersion = 1;
+constexpr int kUnshuffledChannels = 3 * 8 * 8;
+
+std::string shape_text(const std::vector<std::int64_t>& shape) {
+  std::ostringstream out;
+  out << "[";
+  for (size_t i = 0; i < shape.size(); ++i) out << (i ? ", " : "") << shape[i];
+  out << "]";
+  return out.str();
+}
+
+std::string brief(const Value& value) {
+  switch (value.type) {
+    case Type::String: return "\"" + value.string.substr(0, 40) + "\"";
+    case Type::Number: {
+      std::ostringstream out;
+      out << value.number;
+      return out.str();
+    }
+    case Type::Bool: return value.boolean ? "true" : "false";
+    default: return value.type_name();
+  }
+}
+
+class Reader {
+ public:
+  explicit Reader(std::string path) : path_(std::move(path)) {}
+
+  [[noreturn]] void fail(const std::string& field, const std::string& problem) const {
+    throw InputError(path_ + ": field " + field + " " + problem);
+  }
+
+  const Value& get(const Value& object, const std::string& field, const std::string& key,
+                   Type type) const {
+    const std::string name = field.empty() ? key : field + "." + key;
+    const Value* value = object.find(key);
+    if (value == nullptr) fail(name, "is missing");
+    if (value->type != type) {
+      fail(name, std::string("is ") + value->type_name() + " " + brief(*value) + ", expected " +
+                     Value{type}.type_name());
+    }
+    return *value;
+  }
+
+  std::string string(const Value& object, const std::string& field, const std::string& key) const {
+    return get(object, field, key, Type::String).string;
+  }
+
+  double number(const Value& object, const std::string& field, const std::string& key) const {
+    return get(object, field, key, Type::Number).number;
+  }
+
+  std::vector<TensorInfo> tensors(const Value& network, const std::string& field,
+                                  const std::string& side) const {
+    std::vector<TensorInfo> out;
+    const Value& list = get(network, field, side, Type::Array);
+    for (size_t i = 0; i < list.array.size(); ++i) {
+      const std::string where = field + "." + side + "[" + std::to_string(i) + "]";
+      const Value& item = list.array[i];
+      if (item.type != Type::Object) fail(where, "is not an object");
+      TensorInfo tensor{string(item, where, "name"), {}};
+      for (const Value& dim : get(item, where, "shape", Type::Array).array) {
+        if (!dim.is_integer() || dim.number < 1) fail(where + ".shape", "holds " + brief(dim) +
+                                                                       ", expected positive integers");
+        tensor.shape.push_back(static_cast<std::int64_t>(dim.number));
+      }
+      const std::string dtype = string(item, where, "dtype");
+      if (dtype != "float32") fail(where + ".dtype", "is \"" + dtype + "\"; the host runs float32 I/O");
+      out.push_back(std::move(tensor));
+    }
+    return out;
+  }
+
+ private:
+  std::string path_;
+};
+
+std::string read_text(const fs::path& path) {
+  std::ifstream file(path, std::ios::binary);
+  std::ostringstream text;
+  text << file.rdbuf();
+  if (!file.good() && !file.eof()) throw InputError(path.string() + ": cannot be read");
+  return text.str();
+}
+
+// The I/O table every network must have, from the base sizes of the set.
+std::map<std::string, std::pair<std::vector<TensorInfo>, std::vector<TensorInfo>>> expected_io(
+    const Manifest& m) {
+  const std::int64_t S = m.image_size, F = m.num_views, s = S / 8, D = m.clip_dim;
+  std::vector<TensorInfo> features;
+  for (const char* kind : {"rgb", "ccm"}) {
+    for (int level = 0; level < 4; ++level) {
+      features.push_back({std::string(kind) + "_feat_" + std::to_string(level),
+                          {F, m.adapter_channels[level], s >> level, s >> level}});
+    }
+  }
+  const std::vector<TensorInfo> maps = {{"rgb", {F, kUnshuffledChannels, s, s}},
+                                        {"ccm", {F, kUnshuffledChannels, s, s}}};
+  std::vector<TensorInfo> unet_inputs = {{"sample", {2, F, 8, s, s}},
+                                         {"timestep", {1}},
+                                         {"encoder_hidden_states", {2, 1, D}},
+                                         {"added_time_ids", {2, 3}}};
+  unet_inputs.insert(unet_inputs.end(), features.begin(), features.end());
+  return {
+      {"image_encoder", {{{"image", {1, 3, S, S}}}, {{"image_embeds", {1, 1, D}}}}},
+      {"vae_encoder", {{{"image", {1, 3, S, S}}}, {{"latent", {1, 4, s, s}}}}},
+      {"adapters", {maps, features}},
+      {"unet", {unet_inputs, {{"noise_pred", {2, F, 4, s, s}}}}},
+      {"vae_decoder", {{{"latents", {F, 4, s, s}}}, {{"images", {F, 3, S, S}}}}},
+      {"lgm", {{{"images", {1, F, 3, S, S}}, {"timestep", {1}}}, {{"gaussians", {1, m.num_gaussians, 14}}}}},
+      {"feedback", {{{"gaussians", {1, m.num_gaussians, 14}}}, maps}},
+  };
+}
+
+std::string table_text(const std::vector<TensorInfo>& tensors) {
+  std::string out = "[";
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    out += (i ? ", " : "") + tensors[i].name + " " + shape_text(tensors[i].shape);
+  }
+  return out + "]";
+}
+
+bool same_table(const std::vector<TensorInfo>& a, const std::vector<TensorInfo>& b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (a[i].name != b[i].name || a[i].shape != b[i].shape) return false;
+  }
+  return true;
+}
+
+// One size of the set read from a network's I/O table, e.g. the image size from image_encoder.
+std::int64_t base_size(const Reader& reader, const Manifest& m, const std::string& network,
+                       bool output, size_t index, size_t axis) {
+  const NetworkInfo& info = m.networks.at(network);
+  const auto& tensors = output ? info.outputs : info.inputs;
+  const std::string field = "networks." + network + (output ? ".outputs" : ".inputs");
+  if (index >= tensors.size()) reader.fail(field, "has " + std::to_string(tensors.size()) + " tensor(s)");
+  if (axis >= tensors[index].shape.size()) {
+    reader.fail(field + "[" + std::to_string(index) + "].shape",
+                "is " + shape_text(tensors[index].shape) + ", too few dimensions");
+  }
+  return tensors[index].shape[axis];
+}
+
+}  // namespace
+
+Manifest read_manifest(const std::string& directory, const std::string& device,
+                       const std::string& torch_version, bool verify_hashes) {
+  const fs::path dir(directory);
+  const fs::path path = dir / "manifest.json";
+  if (!fs::is_regular_file(path)) {
+    throw InputError(path.string() + ": no engine-set manifest here (build one with `ort3d-build "
+                     "--formats aoti --out " + directory + "`)");
+  }
+  Value doc;
+  try {
+    doc = json::parse(read_text(path));
+  } catch (const std::invalid_argument& err) {
+    throw InputError(path.string() + ": not valid JSON (" + err.what() + ")");
+  }
+  const Reader reader(path.string());
+  if (doc.type != Type::Object) reader.fail("(top level)", "is not an object");
+  Manifest m;
+  m.path = path.string();
+  const std::string format = reader.string(doc, "", "format");
+  if (format != "ort3d-engine-set") reader.fail("format", "is \"" + format + "\", expected \"ort3d-engine-set\"");
+  const Value& version = reader.get(doc, "", "format_version", Type::Number);
+  if (version.number != kFormatVersion) {
+    reader.fail("format_version", "is " + brief(version) + "; this host reads format version " +
+                                      std::to_string(kFormatVersion));
+  }
+  const std::string ort3d_version = reader.string(doc, "", "ort3d_version");
+  if (ort3d_version != ORT3D_VERSION) {
+    throw InputError(m.path + ": field ort3d_version is \"" + ort3d_version + "\" but this is ort3d " +
+                     ORT3D_VERSION + "; rebuild the set with this version");
+  }
+  m.preset = reader.string(doc, "", "preset");
+  const Value& schedule = reader.get(doc, "", "schedule", Type::Object);
+  m.sigma_min = reader.number(schedule, "schedule", "sigma_min");
+  m.sigma_max = reader.number(schedule, "schedule", "sigma_max");
+  if (!(m.sigma_min > 0) || !(m.sigma_max > m.sigma_min)) {
+    reader.fail("schedule", "needs 0 < sigma_min < sigma_max");
+  }
+  m.timestep_spacing = reader.string(schedule, "schedule", "timestep_spacing");
+  if (m.timestep_spacing != "linspace" && m.timestep_spacing != "leading" &&
+      m.timestep_spacing != "trailing") {
+    reader.fail("schedule.timestep_spacing", "is \"" + m.timestep_spacing +
+                                                 "\", expected linspace, leading or trailing");
+  }
+
+  const Value& networks = reader.get(doc, "", "networks", Type::Object);
+  const std::string torch_release = torch_version.substr(0, torch_version.find('+'));
+  const std::regex file_pattern("^[A-Za-z0-9_.-]+$");
+  for (const std::string& name : kHostNetworks) {
+    const std::string field = "networks." + name;
+    const Value* entry = networks.find(name);
+    if (entry == nullptr) {
+      std::string present;
+      for (const auto& item : networks.object) present += (present.empty() ? "" : ", ") + item.first;
+      reader.fail(field, "is missing: the set has no \"" + name + "\" network (has " + present + ")");
+    }
+    if (entry->type != Type::Object) reader.fail(field, "is not an object");
+    NetworkInfo info{reader.tensors(*entry, field, "inputs"), reader.tensors(*entry, field, "outputs"), {}};
+    const Value* package = entry->find("aoti");
+    if (package == nullptr || package->type == Type::Null) {
+      reader.fail(field + ".aoti", "is missing: no AOTInductor package was built for \"" + name +
+                                       "\"; rebuild the set with --formats aoti");
+    }
+    const std::string pfield = field + ".aoti";
+    if (package->type != Type::Object) reader.fail(pfield, "is not an object");
+    const Value& key = reader.get(*package, pfield, "key", Type::Object);
+    const std::string kfield = pfield + ".key";
+    const std::pair<const char*, std::string> wanted[] = {
+        {"ort3d_version", ORT3D_VERSION}, {"device", device}, {"torch_version", torch_release}};
+    for (const auto& [item, want] : wanted) {
+      std::string got = reader.string(key, kfield, item);
+      if (std::string(item) == "torch_version") got = got.substr(0, got.find('+'));
+      if (got != want) {
+        reader.fail(kfield + "." + item, "is \"" + got + "\" but this host needs \"" + want +
+                                             "\"; rebuild the set here");
+      }
+    }
+    const std::string file = reader.string(*package, pfield, "file");
+    if (!std::regex_match(file, file_pattern)) reader.fail(pfield + ".file", "is not a plain file name");
+    const fs::path package_path = dir / file;
+    if (!fs::is_regular_file(package_path)) {
+      throw InputError(package_path.string() + ": file named by " + pfield + " is missing");
+    }
+    const std::string sha256 = reader.string(*package, pfield, "sha256");
+    if (verify_hashes && sha256_file(package_path.string()) != sha256) {
+      throw InputError(package_path.string() + ": sha256 does not match " + pfield +
+                       ".sha256 (file corrupt or replaced; rebuild the set)");
+    }
+    info.package = fs::absolute(package_path).string();
+    m.networks[name] = std::move(info);
+  }
+
+  const Value& decoder_options = reader.get(*networks.find("vae_decoder"), "networks.vae_decoder",
+                                            "options", Type::Object);
+  m.vae_scaling_factor = reader.number(decoder_options, "networks.vae_decoder.options", "scaling_factor");
+  if (!(m.vae_scaling_factor > 0)) reader.fail("networks.vae_decoder.options.scaling_factor", "must be positive");
+
+  m.image_size = base_size(reader, m, "image_encoder", false, 0, 3);
+  m.clip_dim = base_size(reader, m, "image_encoder", true, 0, 2);
+  m.num_views = base_size(reader, m, "adapters", false, 0, 0);
+  m.num_gaussians = base_size(reader, m, "lgm", true, 0, 1);
+  for (size_t level = 0; level < 4; ++level) {
+    m.adapter_channels.push_back(base_size(reader, m, "adapters", true, level, 1));
+  }
+  if (m.image_size % 64 != 0) {
+    reader.fail("networks.image_encoder.inputs[0].shape", "has image size " +
+                                                              std::to_string(m.image_size) +
+                                                              ", not a multiple of 64");
+  }
+  for (const auto& [name, io] : expected_io(m)) {
+    const NetworkInfo& info = m.networks[name];
+    const std::pair<const char*, const std::vector<TensorInfo>*> sides[] = {
+        {"inputs", &io.first}, {"outputs", &io.second}};
+    for (const auto& [side, want] : sides) {
+      const auto& got = std::string(side) == "inputs" ? info.inputs : info.outputs;
+      if (!same_table(got, *want)) {
+        reader.fail("networks." + name + "." + side, "is " + table_text(got) + " but preset \"" +
+                                                         m.preset + "\" needs " + table_text(*want));
+      }
+    }
+  }
+  return m;
+}
+
+}  // namespace ort3d
