@@ -11,8 +11,9 @@ registers and local memory per thread come from its bundled cuobjdump: the numbe
 
     python -m ort3d.kernels.triton_targets --scene tiny=8,4096,128 --scene full=8,65536,512
 
-A new kernel or constexpr is picked up by the recording; a new option of the entry points needs
-a line in RENDER_CALLS. Needs Triton's CUDA backend and TRITON_INTERPRET unset or 0 (the
+A new constexpr, argument type or launch option is picked up by the recording, and a new kernel
+no recorded launch reaches is reported (exit code 1); a new option of the entry points needs a
+line in RENDER_CALLS. Needs Triton's CUDA backend and TRITON_INTERPRET unset or 0 (the
 interpreter replaces the kernels when they are defined).
 """
 
@@ -24,12 +25,14 @@ import contextlib
 import importlib
 import inspect
 import json
+import os
 import pkgutil
 import re
 import subprocess
 import sys
 import tempfile
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -42,7 +45,7 @@ from triton.runtime.interpreter import InterpretedFunction
 from triton.runtime.jit import JITFunction, create_function_from_signature
 
 import ort3d.kernels
-from ort3d.kernels.feedback_dispatch import prepare_render_cameras, render_feedback
+from ort3d.kernels.feedback_dispatch import prepare_render_cameras, render_feedback, renderer_kind
 from ort3d.kernels.synthetic_gaussians import look_at_c2w
 from ort3d.kernels.triton_project import project_gaussians_triton
 from ort3d.kernels.triton_render import OverlapBudget, render_gaussians_triton
@@ -60,33 +63,39 @@ class Scene(NamedTuple):
 class SceneTensors(NamedTuple):
     gaussians: torch.Tensor
     cameras: object         # feedback_dispatch.RenderCameras
-    budget: OverlapBudget
 
 
-def _feedback(want_images: bool, matmul_dtype: torch.dtype, capacity_step: int = 0):
+DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+def _loop_render(matmul_dtype: torch.dtype, dtype: torch.dtype, grown: bool = False):
+    """One render of the loop's renderer object: its first render's overlap capacity (a multiple
+    of 16), or (grown) one as after_step sets it, any count (triton_render.with_headroom): here
+    16·N + 1, which Triton does not specialise as a multiple of 16."""
     def call(s: SceneTensors):
-        budget = OverlapBudget(s.budget.capacity + capacity_step, device="meta")
-        return render_feedback(s.gaussians, s.cameras, "triton", want_images, budget=budget,
-                               matmul_dtype=matmul_dtype)
+        options = {"matmul_dtype": matmul_dtype, "dtype": dtype}
+        if grown:
+            options["budget"] = OverlapBudget(16 * s.gaussians.shape[1] + 1, device="meta")
+        return renderer_kind("triton").create(s.cameras, **options)(s.gaussians)
     return call
 
 
-# What the runtime and the checks ask of the Triton renderer: the loop's feedback with the CCM
-# matmul in fp16 (CUDA autocast) or fp32, the same with the plain images (parity checks), the
-# images alone (render_gaussians_triton as the drop-in renderer) and the reference culling. The
-# loop grows the overlap capacity between steps to any count (triton_render.with_headroom), and
-# Triton specialises an integer on whether it is a multiple of 16: "grown capacity" is one not.
+# What the runtime and the checks launch. The loop (runtime/pipeline.py) renders with its
+# backend's CCM matmul dtype (fp16 under fp16 autocast, else fp32) into maps in the adapters'
+# input dtype (fp32; the graph backend's fp16 or bf16), then re-sizes the overlap buffer between
+# steps. The checks (bench/kernels_check.py, the CUDA tests) add the plain images to the feedback,
+# render images alone (render_gaussians_triton, the drop-in renderer) and project with the
+# reference's culling. Not here: kernels_check's (batch, num_warps) sweep, a bench experiment.
 RENDER_CALLS = {
-    "feedback, fp16 CCM": _feedback(False, torch.float16),
-    "feedback, fp32 CCM": _feedback(False, torch.float32),
-    "feedback, grown capacity": _feedback(False, torch.float16, capacity_step=1),
-    "feedback + images, fp16 CCM": _feedback(True, torch.float16),
-    "feedback + images, fp32 CCM": _feedback(True, torch.float32),
-    "images": lambda s: render_gaussians_triton(s.gaussians, s.cameras.w2c, s.cameras.K, s.cameras.height,
-                                                s.cameras.width, budget=s.budget),
-    "reference culling": lambda s: project_gaussians_triton(s.gaussians, s.cameras.w2c, s.cameras.K,
-                                                            s.cameras.height, s.cameras.width,
-                                                            cull_transparent=False),
+    **{f"loop: CCM {DTYPE_NAMES[m]}, maps {DTYPE_NAMES[d]}": _loop_render(m, d)
+       for m in (torch.float16, torch.float32) for d in (torch.float32, torch.float16, torch.bfloat16)},
+    "loop: grown overlap capacity": _loop_render(torch.float16, torch.float32, grown=True),
+    "checks: feedback + images": lambda s: render_feedback(s.gaussians, s.cameras, "triton", want_images=True),
+    "checks: images": lambda s: render_gaussians_triton(s.gaussians, s.cameras.w2c, s.cameras.K,
+                                                        s.cameras.height, s.cameras.width),
+    "checks: reference culling": lambda s: project_gaussians_triton(s.gaussians, s.cameras.w2c, s.cameras.K,
+                                                                    s.cameras.height, s.cameras.width,
+                                                                    cull_transparent=False),
 }
 
 
@@ -95,8 +104,7 @@ def scene_tensors(scene: Scene) -> SceneTensors:
     c2w = look_at_c2w(torch.linspace(0.0, 360.0, scene.views + 1)[:-1].tolist())
     intrinsics = torch.tensor([[1.4, 0.0, 0.5], [0.0, 1.4, 0.5], [0.0, 0.0, 1.0]]).expand(scene.views, 3, 3)
     cameras = prepare_render_cameras(c2w, 39.6, intrinsics, scene.side, scene.side, device="meta")
-    return SceneTensors(torch.empty(1, scene.gaussians, 14, device="meta"), cameras,
-                        OverlapBudget.for_scene(scene.views, scene.gaussians, device="meta"))
+    return SceneTensors(torch.empty(1, scene.gaussians, 14, device="meta"), cameras)
 
 
 class Launch(NamedTuple):
@@ -235,25 +243,34 @@ def compile_variant(variant: Variant, target: GPUTarget) -> dict:
 
 def build_table(scenes: list[Scene], archs=DEFAULT_ARCHS) -> tuple[list[dict], list[str]]:
     """One row per kernel variant (what launches it, its registers/spills for each arch), and the
-    jit functions that no recorded launch compiles (see `never_launched`)."""
+    jit functions that no recorded launch compiles (see `never_launched`). Compiles in threads,
+    as Triton's own asynchronous compile mode does (ptxas and the MLIR passes release the GIL)."""
     if any(isinstance(fn, InterpretedFunction) for fn in jit_functions()):
         raise RuntimeError("the kernels are interpreted (TRITON_INTERPRET=1): compiling them needs "
                            "TRITON_INTERPRET=0 before triton is first imported")
     rows: dict[tuple, dict] = {}
+    jobs = []
     for arch in archs:
         target = GPUTarget("cuda", arch, 32)
         variants = collect_variants(scenes, target)
         for variant in variants:
             row = rows.setdefault(variant.key(), {
                 "kernel": variant.kernel.fn.__qualname__, "constexprs": variant.named_constexprs(),
-                "signature": variant.signature,
-                "num_warps": variant.options.num_warps, "divisible_by_16": variant.divisible_ints(),
-                "scenes": sorted(variant.scenes), "calls": sorted(variant.calls), "targets": {}})
-            try:
-                row["targets"][f"sm_{arch}"] = compile_variant(variant, target)
-            except Exception as exc:   # the compiler's message names the kernel and the line
-                raise RuntimeError(f"{row['kernel']} [{variant.named_constexprs()}, num_warps={row['num_warps']}, "
-                                   f"{'/'.join(row['scenes'])}] does not compile for sm_{arch}: {exc}") from exc
+                "signature": variant.signature, "num_warps": variant.options.num_warps,
+                "divisible_by_16": variant.divisible_ints(), "scenes": sorted(variant.scenes),
+                "calls": sorted(variant.calls), "targets": {}})
+            jobs.append((row, variant, target))
+
+    def compile_job(job):
+        row, variant, target = job
+        try:
+            row["targets"][f"sm_{target.arch}"] = compile_variant(variant, target)
+        except Exception as exc:   # the compiler's message names the kernel and the line
+            raise RuntimeError(f"{row['kernel']} [{variant.named_constexprs()}, num_warps={row['num_warps']}, "
+                               f"{'/'.join(row['scenes'])}] does not compile for sm_{target.arch}: {exc}") from exc
+
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        list(pool.map(compile_job, jobs))
     return list(rows.values()), never_launched(variants)
 
 
