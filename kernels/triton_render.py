@@ -31,9 +31,17 @@ FIRST_RENDER_TILES_PER_GAUSSIAN = 16   # a run's first render, before it is meas
                                        # tiny LGM output needs ~15 at 128² (482,688 for 8 × 4,096)
 
 
+CAPACITY_QUANTUM = 16
+
+
 def with_headroom(needed: int) -> int:
-    """The capacity set for a measured need: 1.5× it, rounded up (at least 1)."""
-    return max(1, (3 * needed + 1) // 2)
+    """The capacity set for a measured need: 1.5× it, rounded up to a multiple of 16 (at least 16).
+
+    Triton specialises an int argument on divisibility by 16 (and on == 1), so capacities that are
+    all multiples of 16 keep one compiled variant of the binning kernel: growing the buffer
+    mid-run then costs no compile (kernels/triton_targets.py compiles exactly that variant)."""
+    wanted = (3 * needed + 1) // 2
+    return max(CAPACITY_QUANTUM, -(-wanted // CAPACITY_QUANTUM) * CAPACITY_QUANTUM)
 
 
 class OverlapCapacityError(FeedbackRenderError):

@@ -48,7 +48,7 @@ import ort3d.kernels
 from ort3d.kernels.feedback_dispatch import prepare_render_cameras, render_feedback, renderer_kind
 from ort3d.kernels.synthetic_gaussians import look_at_c2w
 from ort3d.kernels.triton_project import project_gaussians_triton
-from ort3d.kernels.triton_render import OverlapBudget, render_gaussians_triton
+from ort3d.kernels.triton_render import OverlapBudget, render_gaussians_triton, with_headroom
 
 DEFAULT_ARCHS = (90, 80)   # Hopper (H100, H200) and Ampere (A100)
 
@@ -69,13 +69,12 @@ DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf
 
 
 def _loop_render(matmul_dtype: torch.dtype, dtype: torch.dtype, grown: bool = False):
-    """One render of the loop's renderer object: its first render's overlap capacity (a multiple
-    of 16), or (grown) one as after_step sets it, any count (triton_render.with_headroom): here
-    16·N + 1, which Triton does not specialise as a multiple of 16."""
+    """One render of the loop's renderer object: its first render's overlap capacity, or (grown)
+    one as after_step sets it (triton_render.with_headroom of a need that is not a multiple of 16)."""
     def call(s: SceneTensors):
         options = {"matmul_dtype": matmul_dtype, "dtype": dtype}
         if grown:
-            options["budget"] = OverlapBudget(16 * s.gaussians.shape[1] + 1, device="meta")
+            options["budget"] = OverlapBudget(with_headroom(16 * s.gaussians.shape[1] + 1), device="meta")
         return renderer_kind("triton").create(s.cameras, **options)(s.gaussians)
     return call
 

@@ -3,6 +3,7 @@ first render and grown between steps (a render that overflowed is redone and equ
 reference), the post-run check and the report, and the kind registry."""
 
 import contextlib
+import math
 
 import pytest
 import torch
@@ -53,6 +54,19 @@ def test_each_kind_times_its_own_stages():
         assert_equals_reference(rgb, ccm, gaussians, cams)
 
 
+def headroom(needed: int) -> int:
+    """1.5× the need, rounded up to a whole number of 16-entry blocks (Triton specialises an int
+    argument on divisibility by 16: one compiled binning variant whatever the capacity)."""
+    return max(16, math.ceil(math.ceil(1.5 * needed) / 16) * 16)
+
+
+def test_with_headroom_is_one_and_a_half_times_in_blocks_of_16():
+    from ort3d.kernels.triton_render import with_headroom
+
+    assert [with_headroom(n) for n in (0, 1, 10, 11, 32, 1000)] == [16, 16, 16, 32, 48, 1504]
+    assert all(with_headroom(n) == headroom(n) for n in range(0, 5000, 7))
+
+
 def test_auto_capacity_is_sized_from_the_first_render():
     device = kernel_device()
     gaussians = lgm_like_gaussians(num=NUM, seed=5, device=device)
@@ -61,10 +75,10 @@ def test_auto_capacity_is_sized_from_the_first_render():
     assert renderer.budget.capacity == 2 * NUM * 16          # the provisional first capacity
     needed = int(renderer.budget.peak)
     assert not renderer.after_step(0)                        # it fitted: nothing to redo
-    assert renderer.budget.capacity == (3 * needed + 1) // 2  # 1.5× the need, rounded up
+    assert renderer.budget.capacity == headroom(needed)  # 1.5× the need, rounded up
     assert renderer.report() == {"kind": "triton", "overlap_capacity": {
         "mode": "auto", "tiles_per_gaussian": None, "first_render_needed": needed,
-        "initial": (3 * needed + 1) // 2, "growths": [], "rerendered_steps": []}}
+        "initial": headroom(needed), "growths": [], "rerendered_steps": []}}
 
     # No render since the last check (the loop's last step renders nothing): no device read.
     def no_read():
@@ -91,7 +105,7 @@ def test_an_overflowing_render_is_grown_redone_and_equals_the_reference():
     assert not renderer.after_step(0)                   # the redo fitted
     assert renderer.report()["overlap_capacity"] == {
         "mode": "fixed", "tiles_per_gaussian": 1, "first_render_needed": needed, "initial": 2 * NUM,
-        "growths": [{"step": 0, "needed": needed, "capacity": (3 * needed + 1) // 2}],
+        "growths": [{"step": 0, "needed": needed, "capacity": headroom(needed)}],
         "rerendered_steps": [0]}
 
 
@@ -113,8 +127,8 @@ def test_a_later_step_that_overflows_grows_the_capacity_then_a_new_run_starts_af
     rgb, ccm = renderer(gaussians, None, 1)
     assert_equals_reference(rgb, ccm, gaussians, cams)
     report = renderer.report()["overlap_capacity"]
-    assert report["initial"] == initial == (3 * first_need + 1) // 2
-    assert report["growths"] == [{"step": 1, "needed": needed, "capacity": (3 * needed + 1) // 2}]
+    assert report["initial"] == initial == headroom(first_need)
+    assert report["growths"] == [{"step": 1, "needed": needed, "capacity": headroom(needed)}]
     assert report["rerendered_steps"] == [1]
 
     renderer.start_run()             # the next image: records and sizing start over
