@@ -73,6 +73,38 @@ def precision_policy(dtype: str, device) -> tuple[torch.dtype, torch.dtype | Non
     return half, half
 
 
+def bf16_supported(device) -> bool:
+    device = torch.device(device)
+    return device.type != "cuda" or torch.cuda.is_bf16_supported()
+
+
+def vae_precision(vae_dtype: torch.dtype, autocast_dtype: torch.dtype | None, device,
+                  force_upcast: bool) -> tuple[torch.dtype, torch.dtype | None]:
+    """(VAE weight dtype, VAE autocast dtype or None) for a VAE whose weights are `vae_dtype` in a
+    loop run under `autocast_dtype` (docs/precision.md#vae-precision).
+
+    diffusers' `force_upcast` marks a VAE whose activations overflow fp16: fp16 weights are then
+    replaced by bf16 (fp32 where the device lacks bf16), run under that dtype's autocast (none
+    for fp32), never plain fp16. Any other combination is kept: the authors' policy (fp32
+    weights under fp16 autocast, whose fp32 normalisations avoid the overflow), fp32, bf16.
+    """
+    if vae_dtype != torch.float16 or not force_upcast:
+        return vae_dtype, autocast_dtype
+    if bf16_supported(device):
+        return torch.bfloat16, torch.bfloat16
+    return torch.float32, None
+
+
+def ccm_matmul_dtype(compute_dtype: torch.dtype | None) -> torch.dtype:
+    """The CCM matmul's dtype for networks computing in `compute_dtype` (docs/precision.md#ccm-dtype).
+
+    fp16 reproduces the reference, whose CCM runs under fp16 autocast (docs/quirks.md#q5); every
+    other dtype (None, fp32, bf16) computes it in fp32: the reference has no bf16 CCM to
+    reproduce, and the maps are rounded to the adapters' input dtype after it either way.
+    """
+    return torch.float16 if compute_dtype == torch.float16 else torch.float32
+
+
 def autocast_context(device: torch.device, dtype: torch.dtype | None):
     """The reference runs MVModel, VAE decode and LGM under fp16 autocast (docs/precision.md)."""
     if dtype is None or dtype == torch.float32:
@@ -96,6 +128,11 @@ class EagerNetworks:
         self.temporal_context = check_temporal_context(temporal_context)
         self.schedule_config = models.schedule
         self._vae_decode, self._vae_encode_mode = vae_decode, vae_encode_mode
+        vae_dtype, self.vae_autocast_dtype = vae_precision(
+            models.vae.dtype, autocast_dtype, self.device, models.vae.config.force_upcast)
+        if models.vae.dtype != vae_dtype:   # fp16 weights of a force_upcast VAE: bf16 or fp32
+            # nn.Module.to: diffusers' own .to() warns about keep-in-fp32 modules this VAE lacks.
+            torch.nn.Module.to(models.vae, vae_dtype)
         self._plucker = self._context = self._lgm_rays = None
         self._cameras: FeedbackCameras | None = None
 
@@ -106,7 +143,8 @@ class EagerNetworks:
         return self.models.image_encoder(image)          # fp32, outside autocast (docs/precision.md)
 
     def encode_latent(self, image: torch.Tensor) -> torch.Tensor:
-        return self._vae_encode_mode(self.models.vae, image)
+        vae = self.models.vae   # outside autocast, in the VAE's own dtype (docs/precision.md)
+        return self._vae_encode_mode(vae, image.to(vae.dtype)).float()
 
     def set_conditioning(self, clip_cfg: torch.Tensor, cameras: FeedbackCameras) -> None:
         mv, lgm = self.models.mv, self.models.lgm
@@ -132,7 +170,7 @@ class EagerNetworks:
                     for adapter, maps in zip(self.models.mv.cond_encoder, (rgb, ccm))]
 
     def vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
-        with self._autocast():
+        with autocast_context(self.device, self.vae_autocast_dtype):
             return self._vae_decode(self.models.vae, latents, num_frames=latents.shape[0]).float()
 
     def lgm(self, images: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
@@ -270,5 +308,5 @@ def unavailable_reason(backend: str, preset: Preset, device, **settings) -> str 
 
 
 __all__ = ["BACKENDS", "Backend", "BackendUnavailable", "DTYPES", "EagerNetworks", "NetworkRequest",
-           "Networks", "REFERENCE_BACKEND", "autocast_context", "make_networks", "precision_policy",
-           "unavailable_reason"]
+           "Networks", "REFERENCE_BACKEND", "autocast_context", "bf16_supported", "ccm_matmul_dtype",
+           "make_networks", "precision_policy", "unavailable_reason", "vae_precision"]

@@ -19,6 +19,7 @@ from ort3d.kernels.render_constants import FEEDBACK_CHANNELS
 from ort3d.models.cameras import ORBIT_FOV_DEG, load_feedback_cameras, orbit_c2w
 from ort3d.models.scheduler import EDMEulerSchedule
 from ort3d.models.svd import added_time_ids
+from ort3d.runtime.networks import ccm_matmul_dtype
 from ort3d.runtime.timing import FiniteGuard, RunError, StageTimer, TimingReport
 
 
@@ -69,7 +70,7 @@ class RecursivePipeline:
         lo, hi = self.options.guidance
         self.guidance = torch.linspace(lo, hi, views, device=self.device).view(1, views, 1, 1, 1)
         # The reference's CCM matmul runs under autocast (fp16 on CUDA: Q5); follow the backend.
-        self.ccm_dtype = getattr(nets, "autocast_dtype", None) or torch.float32
+        self.ccm_dtype = ccm_matmul_dtype(getattr(nets, "autocast_dtype", None))
         self.cameras = load_feedback_cameras().to(self.device)
         size = self.preset.image_size
         # The renderer owns its cameras (inverted here, once: that syncs on CUDA), its overlap
