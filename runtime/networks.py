@@ -228,6 +228,12 @@ def _eager(request: NetworkRequest) -> Networks:
                          temporal_context=request.temporal_context)
 
 
+def _graph(request: NetworkRequest) -> Networks:
+    from ort3d.runtime.backend_graph import create_graph_networks
+
+    return create_graph_networks(request)
+
+
 def _ort_unavailable(request: NetworkRequest) -> str | None:
     if not has_module("onnxruntime"):
         return "onnxruntime is not installed (pip install 'ort3d[onnx]')"
@@ -268,6 +274,8 @@ def _trt(request: NetworkRequest) -> Networks:
 
 BACKENDS: dict[str, Backend] = {b.name: b for b in (
     Backend("eager", "our PyTorch modules: the reference", lambda request: None, _eager),
+    Backend("graph", "our modules in fp16 (VAE bf16), the loop replayed as CUDA graphs on CUDA; "
+            "needs --renderer triton", lambda request: None, _graph),
     Backend("ort", "exported ONNX graphs in ONNX Runtime", _ort_unavailable, _ort),
     Backend("trt", "TensorRT engines", _trt_unavailable, _trt),
 )}

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch.utils._pytree import tree_leaves
 
 from ort3d.kernels.feedback_dispatch import (FeedbackRenderError, create_feedback_renderer,
                                              prepare_render_cameras)
@@ -58,6 +59,13 @@ class RunResult:
     timings: TimingReport
 
 
+def write_into(buffers, values) -> None:
+    """Copy `values` into `buffers`, tensor by tensor (the same nesting of lists/dicts): loop state
+    keeps its addresses from step to step, as a captured CUDA graph needs."""
+    for dst, src in zip(tree_leaves(buffers), tree_leaves(values), strict=True):
+        dst.copy_(src)
+
+
 class RecursivePipeline:
     def __init__(self, nets, device, options: PipelineOptions | None = None):
         self.nets = nets
@@ -79,7 +87,11 @@ class RecursivePipeline:
             self.options.renderer,
             prepare_render_cameras(self.cameras.c2w, self.cameras.fov_deg, self.cameras.intrinsics,
                                    size, size, self.device),
-            matmul_dtype=self.ccm_dtype, overlap_tiles=self.options.overlap_tiles_per_gaussian)
+            matmul_dtype=self.ccm_dtype, overlap_tiles=self.options.overlap_tiles_per_gaussian,
+            dtype=getattr(nets, "feedback_dtype", torch.float32))   # the adapters' input dtype
+        # A backend may run the steps its own way (graph: replayed CUDA graphs of `step`).
+        steps_runner = getattr(nets, "steps_runner", None)
+        self._run_steps = steps_runner(self) if steps_runner is not None else self.run_steps_eagerly
 
     # ---------------------------------------------------------------- once per image
     def prepare(self, image: torch.Tensor, seed: int) -> "LoopState":
@@ -144,8 +156,8 @@ class RecursivePipeline:
             if i + 1 < self.options.steps:   # the last step's feedback would feed no further step
                 rgb, ccm = self._feedback(state.gaussians, timer, guard, i)
                 with timer.stage("adapters", i):
-                    state.features = nets.adapters(rgb, ccm)
-            state.latents = latents_next
+                    write_into(state.features, nets.adapters(rgb, ccm))
+            state.latents.copy_(latents_next)
 
     def finish(self, state: "LoopState") -> RunResult:
         """Final views (Q12: the last step's decode unless exact_final_decode) and the checks
@@ -166,13 +178,17 @@ class RecursivePipeline:
     def run(self, image: torch.Tensor, seed: int, progress=None) -> RunResult:
         """prepare → steps → finish. progress: optional callable(step_index) after each step."""
         state = self.prepare(image, seed)
+        self._run_steps(state, progress)
+        return self.finish(state)
+
+    def run_steps_eagerly(self, state: "LoopState", progress=None) -> None:
+        """Every step in turn from Python (the default; the graph backend captures these)."""
         for i in range(self.options.steps):
             self.step(state, i)
             if self.renderer.after_step(i):   # between steps: may read one device value
                 self._redo_feedback(state, i)
             if progress is not None:
                 progress(i)
-        return self.finish(state)
 
     def _feedback(self, gaussians, timer, guard, step):
         """The F feedback views as the adapters' unshuffled RGB and CCM (the renderer times its
@@ -186,7 +202,7 @@ class RecursivePipeline:
         the renderer fixed an incomplete render (a grown overlap buffer). Untimed: the step's
         stage times stay those of its first attempt; the renderer's report records the redo."""
         rgb, ccm = self._feedback(state.gaussians, None, state.guard, step)
-        state.features = self.nets.adapters(rgb, ccm)
+        write_into(state.features, self.nets.adapters(rgb, ccm))
 
     # ---------------------------------------------------------------- outputs
     def render_orbit(self, gaussians: torch.Tensor, num_frames: int, elevation_deg: float = 0.0,
