@@ -7,6 +7,7 @@
 //                                             the text its one-line error must contain
 //   ort3d_host_tests schedule FILE            Python's tables, bit for bit
 //   ort3d_host_tests preprocess PNG SIZE OUT  the conditioning image as raw float32 (for pytest)
+//   ort3d_host_tests ply GAUSSIANS OUT LAYOUT  raw float32 [N,14] -> .ply, viewer|raw (for pytest)
 #include <torch/headeronly/version.h>
 #include <torch/torch.h>
 
@@ -15,6 +16,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <iterator>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -182,6 +184,15 @@ int run_preprocess(const std::string& png, int size, const std::string& out) {
   return file ? 0 : 1;
 }
 
+int run_ply(const std::string& source, const std::string& out, const std::string& layout) {
+  std::ifstream file(source, std::ios::binary);
+  std::vector<char> bytes((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+  const auto count = static_cast<int64_t>(bytes.size() / (14 * sizeof(float)));
+  const torch::Tensor gaussians = torch::from_blob(bytes.data(), {count, 14}, torch::kFloat32).clone();
+  ort3d::write_ply(out, gaussians, layout == "raw");
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -192,11 +203,12 @@ int main(int argc, char** argv) {
     if (command == "manifest" && argc == 3) return test_manifest(argv[2]);
     if (command == "schedule" && argc == 3) return test_schedule(argv[2]);
     if (command == "preprocess" && argc == 5) return run_preprocess(argv[2], std::stoi(argv[3]), argv[4]);
+    if (command == "ply" && argc == 5) return run_ply(argv[2], argv[3], argv[4]);
   } catch (const std::exception& err) {
     std::cerr << "FAIL: " << command << ": " << err.what() << "\n";
     return 1;
   }
   std::cerr << "usage: ort3d_host_tests json | sha256 DIR | manifest CASES | schedule FILE | "
-               "preprocess PNG SIZE OUT\n";
+               "preprocess PNG SIZE OUT | ply GAUSSIANS OUT viewer|raw\n";
   return 2;
 }
