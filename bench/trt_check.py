@@ -1,4 +1,4 @@
-"""`python bench/trt_check.py`: the TensorRT device check (needs an NVIDIA GPU and TensorRT 10).
+"""`python bench/trt_check.py`: the TensorRT device check (needs an NVIDIA GPU and TensorRT 10.12+).
 
 For each preset: export the ONNX graphs and build the engines (export/build_engines.py's code,
 in ARTEFACTS/<preset>), then per network compare the engine with the eager fp32 module on the
@@ -73,7 +73,7 @@ def check_preset(name: str, args) -> list[dict]:
             engine_ms = _time_ms(lambda: trt_nets.run(net, **inputs), args.repeats)
             got = {k: v.clone() for k, v in trt_nets.run(net, **inputs).items()}
             eager_ms = _time_ms(lambda: module(*(inputs[n] for n in spec.input_names)), args.repeats)
-        # fp16/bf16 engines: the bar of docs/precision.md#parity-tolerances is 1e-2 per stage; fp32 engines 1e-4.
+        # fp16 engines: the bar of docs/precision.md#parity-tolerances is 1e-2 per stage; fp32 engines 1e-4.
         tolerance = 1e-4 if args.precision == "fp32" else 1e-2
         worst = max(compare(net, got, eager, tolerance), key=lambda r: r.relative_error)
         rows.append({"preset": name, "network": net,
@@ -100,7 +100,7 @@ def main(argv=None) -> int:
     p.add_argument("--presets", default="tiny", help="comma-separated: tiny, full (default tiny)")
     p.add_argument("--checkpoint", help="Ouroboros3D folder (full preset with real weights)")
     p.add_argument("--svd", help="SVD img2vid folder (with --checkpoint)")
-    p.add_argument("--precision", choices=("fp16", "bf16", "fp32"), default="fp16")
+    p.add_argument("--precision", choices=("fp16", "fp32"), default="fp16")
     p.add_argument("--artefacts", default="trt_check_artefacts", help="where sets are built")
     p.add_argument("--steps", type=int, default=2, help="loop steps compared with eager")
     p.add_argument("--repeats", type=int, default=10, help="timed runs per network")

@@ -29,7 +29,7 @@ from ort3d.export.verify import VerifyRow, verify_network
 from ort3d.models.mv_unet import DEFAULT_TEMPORAL_CONTEXT
 from ort3d.models.version import __version__
 
-PRECISIONS = ("fp16", "bf16", "fp32")
+PRECISIONS = trt_build.ENGINE_PRECISIONS
 FORMATS = ("onnx", "aoti")        # ONNX graphs (+ TensorRT engines), AOTInductor packages
 TIMING_CACHE_DIR = "timing-caches"
 
@@ -89,10 +89,11 @@ def _previous_manifest(path: Path, log) -> dict | None:
         return None
 
 
-def onnx_key(spec: NetworkSpec, module: torch.nn.Module, opset: int, simplify: bool) -> dict:
+def onnx_key(spec: NetworkSpec, module: torch.nn.Module, opset: int, simplify: bool,
+             precision: str) -> dict:
     return {"weights_sha256": module_sha256(module), "shapes": spec.shapes(), "opset": opset,
-            "options": {**spec.options, "onnxslim": simplify}, "torch_version": torch.__version__,
-            "ort3d_version": __version__}
+            "precision": precision, "options": {**spec.options, "onnxslim": simplify},
+            "torch_version": torch.__version__, "ort3d_version": __version__}
 
 
 def engine_key(spec: NetworkSpec, onnx_sha256: str, flags: list[str], identity: dict) -> dict:
@@ -139,8 +140,8 @@ def build_artefacts(models, out_dir: str | Path, options: BuildOptions | None = 
     if not onnx_only and engine_builder is None:
         missing = trt_build.tensorrt_missing_reason()
         if missing:
-            log(f"TensorRT unavailable: {missing}; writing ONNX graphs only "
-                "(build engines later on a GPU host with TensorRT 10)")
+            log(f"TensorRT unavailable: {missing}; writing fp32 ONNX graphs only "
+                "(build engines later on a GPU host with TensorRT 10.12 or newer)")
     build_engines = not onnx_only and missing is None
     if build_engines:
         identity = identity or trt_build.host_identity()
@@ -170,11 +171,16 @@ def build_artefacts(models, out_dir: str | Path, options: BuildOptions | None = 
             manifest["networks"][name] = {**entry, "onnx": None, "engine": None}
             write_manifest(manifest_path, manifest)
             continue
+        # A graph in the precision of its consumer: the engine built from it in this run (a
+        # strongly typed network takes its types from the graph), else ONNX Runtime's fp32.
+        precision = (trt_build.engine_precision(spec, options.precision)[0] if build_engines
+                     else "fp32")
         onnx_entry, decisions["onnx"] = _onnx(spec, module, out_dir, old.get("onnx"), options,
-                                              tag, log)
+                                              precision, tag, log)
         if options.verify:
             started = time.perf_counter()
-            rows = verify_network(spec, module, out_dir / onnx_entry["file"], options.verify_seed)
+            rows = verify_network(spec, module, out_dir / onnx_entry["file"], options.verify_seed,
+                                  precision=precision)
             report.verify_rows.extend(rows)
             worst = max(r.relative_error for r in rows)
             verdict = "ok" if all(r.passed for r in rows) else "FAIL"
@@ -193,18 +199,20 @@ def build_artefacts(models, out_dir: str | Path, options: BuildOptions | None = 
     return report
 
 
-def _onnx(spec, module, out_dir, previous, options, tag, log):
+def _onnx(spec, module, out_dir, previous, options, precision, tag, log):
     simplify = spec.name in options.simplify_networks
-    key = onnx_key(spec, module, options.opset, simplify)
+    key = onnx_key(spec, module, options.opset, simplify, precision)
     decision = decide(previous, key, out_dir)
     if decision.reuse:
         log(f"{tag} onnx: reused ({decision.reason})")
         return previous, decision
     log(f"{tag} onnx: exporting ({decision.reason}) ...")
-    artefact = export_onnx(spec, module, out_dir, opset=options.opset, simplify=simplify)
+    artefact = export_onnx(spec, module, out_dir, opset=options.opset, simplify=simplify,
+                           precision=precision)
     log(f"{tag} onnx: {artefact.file}, {artefact.nodes} nodes, {artefact.seconds:.1f} s")
     entry = {"file": artefact.file, "external_data": artefact.external_data,
-             "sha256": artefact.sha256, "opset": artefact.opset, "key": key}
+             "sha256": artefact.sha256, "opset": artefact.opset, "precision": artefact.precision,
+             "key": key}
     return entry, decision
 
 
@@ -221,8 +229,7 @@ def _aoti(spec, module, out_dir, previous, device, tag, log):
 
 
 def _engine(spec, onnx_entry, out_dir, previous, options, identity, builder, tag, log):
-    precision, flags = trt_build.engine_precision(spec, options.precision,
-                                                  identity["compute_capability"])
+    precision, flags = trt_build.engine_precision(spec, options.precision)
     key = engine_key(spec, onnx_entry["sha256"], flags, identity)
     decision = decide(previous, key, out_dir)
     if decision.reuse:

@@ -1,4 +1,14 @@
-"""ONNX export of one network spec: legacy TorchScript exporter, static shapes, opset 17.
+"""ONNX export of one network spec: legacy TorchScript exporter, static shapes, opset 17, fp32
+or fp16 (docs/precision.md#exported-engines).
+
+fp32 graphs serve ONNX Runtime and fp32 engines. TensorRT builds strongly typed networks (a layer
+runs in its tensors' type), so an fp16 engine needs an fp16 graph: the export wrapper is copied
+with fp16 weights (`module_in_precision`), fp32 inputs are cast on entry and outputs cast back,
+so every precision has the same fp32 I/O (manifest I/O tables, runtime buffers and C++ hosts are
+unchanged). As in the reference's fp16 autocast, GroupNorm/LayerNorm run in fp32 (a variance
+over thousands of fp16 activations loses most of its bits, and squares above 256 overflow), and
+the timestep inputs stay fp32 into the sinusoidal embeddings. An fp16 graph is `<name>.fp16.onnx`,
+so it never replaces the fp32 `<name>.onnx`.
 
 The TorchScript exporter (`dynamo=False`) is the one that produced correct, TensorRT-friendly
 graphs of the SVD UNet with static shapes; opset 17 is the first with LayerNormalization as one
@@ -11,6 +21,7 @@ reproduce the spec's output shapes, and any op outside TensorRT 10's supported s
 
 from __future__ import annotations
 
+import copy
 import inspect
 import os
 import shutil
@@ -19,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from ort3d.export.cache import artefact_sha256
 from ort3d.export.errors import ExportError
@@ -50,6 +62,12 @@ Tanh ThresholdedRelu Tile TopK Transpose Trilu Unsqueeze Upsample Where Xor
 # Resize restrictions from the same table: only these modes, and no antialiasing.
 TRT10_RESIZE_MODES = frozenset({"nearest", "linear"})
 
+GRAPH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+# Spec input kinds that stay fp32 in a reduced-precision graph: the time embeddings are computed
+# from fp32 values and only the embedding is cast, as under the reference's autocast.
+FP32_INPUT_KINDS = frozenset({"timestep", "time_ids"})
+FP32_MODULES = (nn.GroupNorm, nn.LayerNorm)
+
 
 @dataclass(frozen=True)
 class OnnxArtefact:
@@ -57,8 +75,68 @@ class OnnxArtefact:
     external_data: list[str]     # weight files the graph refers to (empty when embedded)
     sha256: str                  # digest over the graph and its external data
     opset: int
+    precision: str               # GRAPH_DTYPES key: the type of its weights and activations
     nodes: int
     seconds: float
+
+
+def graph_file_name(network: str, precision: str) -> str:
+    return f"{network}.onnx" if precision == "fp32" else f"{network}.{precision}.onnx"
+
+
+class TypedExport(nn.Module):
+    """`module` (a copy in a reduced precision) behind fp32 I/O: floating inputs are cast to
+    `dtype` on entry, except those listed in `keep_fp32`, and every output back to fp32."""
+
+    def __init__(self, module: nn.Module, dtype: torch.dtype, keep_fp32: tuple[bool, ...]):
+        super().__init__()
+        self.module, self.dtype, self.keep_fp32 = module, dtype, keep_fp32
+
+    def forward(self, *inputs: torch.Tensor):
+        cast = [x if keep else x.to(self.dtype) for x, keep in zip(inputs, self.keep_fp32)]
+        out = self.module(*cast)
+        return tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
+
+
+def _fp32_input(norm: nn.Module, args: tuple) -> tuple:
+    return (args[0].float(), *args[1:])
+
+
+class _CastOutput:
+    """Forward hook: a normalisation's fp32 result goes back into the graph's activation type."""
+
+    def __init__(self, dtype: torch.dtype):
+        self.dtype = dtype
+
+    def __call__(self, norm: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        return output.to(self.dtype)
+
+
+def module_in_precision(spec: NetworkSpec, module: nn.Module, precision: str) -> nn.Module:
+    """The export wrapper `module` as the graph of `precision` computes it (itself for fp32).
+
+    A reduced-precision copy: floating weights and buffers converted while copying (the fp32
+    originals, shared with the other networks, are untouched and never duplicated in fp32),
+    except the FP32_MODULES' own weights, which run in fp32 on fp32 inputs."""
+    if precision not in GRAPH_DTYPES:
+        raise ExportError(f"graph precision {precision!r} is not one of {tuple(GRAPH_DTYPES)}")
+    if precision == "fp32":
+        return module
+    dtype = GRAPH_DTYPES[precision]
+    kept = {id(t) for m in module.modules() if isinstance(m, FP32_MODULES) for t in m.parameters()}
+    converted = {}
+    for tensor in (*module.parameters(), *module.buffers()):
+        if tensor.is_floating_point() and id(tensor) not in kept:
+            value = tensor.detach().to(dtype)
+            converted[id(tensor)] = nn.Parameter(value, requires_grad=False) \
+                if isinstance(tensor, nn.Parameter) else value
+    typed = copy.deepcopy(module, memo=converted)     # deepcopy takes memo hits as they are
+    for norm in typed.modules():
+        if isinstance(norm, FP32_MODULES):
+            norm.register_forward_pre_hook(_fp32_input)
+            norm.register_forward_hook(_CastOutput(dtype))
+    keep_fp32 = tuple(t.kind in FP32_INPUT_KINDS for t in spec.inputs)
+    return TypedExport(typed, dtype, keep_fp32).eval()
 
 
 def _legacy_export(module, args, path: Path, spec: NetworkSpec, opset: int) -> None:
@@ -72,8 +150,9 @@ def _legacy_export(module, args, path: Path, spec: NetworkSpec, opset: int) -> N
 
 
 def export_onnx(spec: NetworkSpec, module: torch.nn.Module, directory: Path, opset: int = OPSET,
-                simplify: bool = True) -> OnnxArtefact:
-    """Export `module` (pure tensors in/out, spec order) to directory/<name>.onnx."""
+                simplify: bool = True, precision: str = "fp32") -> OnnxArtefact:
+    """Export `module` (pure tensors in/out, spec order, fp32) in `precision` to
+    directory/`graph_file_name(spec.name, precision)`."""
     import onnx
 
     started = time.perf_counter()
@@ -87,11 +166,13 @@ def export_onnx(spec: NetworkSpec, module: torch.nn.Module, directory: Path, ops
         inputs = {k: v.to(device) for k, v in spec.sample_inputs(seed=0).items()}
         raw = scratch / "raw.onnx"
         module.eval()
-        _legacy_export(module, tuple(inputs[n] for n in spec.input_names), raw, spec, opset)
+        graph_module = module_in_precision(spec, module, precision)
+        _legacy_export(graph_module, tuple(inputs[n] for n in spec.input_names), raw, spec, opset)
+        del graph_module
         model = onnx.load(str(raw))           # pulls in external data the exporter may write
         if simplify:
             model = _simplified(model)
-        name = f"{spec.name}.onnx"
+        name = graph_file_name(spec.name, precision)
         external = _save(model, scratch / name)
         check_onnx_file(scratch / name, spec)
         nodes = len(model.graph.node)
@@ -102,7 +183,7 @@ def export_onnx(spec: NetworkSpec, module: torch.nn.Module, directory: Path, ops
         shutil.rmtree(scratch, ignore_errors=True)
     return OnnxArtefact(file=name, external_data=external,
                         sha256=artefact_sha256(directory, [name, *external]), opset=opset,
-                        nodes=nodes, seconds=time.perf_counter() - started)
+                        precision=precision, nodes=nodes, seconds=time.perf_counter() - started)
 
 
 def _simplified(model):
@@ -175,14 +256,19 @@ def unsupported_ops(model) -> list[str]:
 
 
 def _check_io(model, spec: NetworkSpec, path: Path) -> None:
+    """Names, static shapes and element types (the spec's: fp32 in every graph precision)."""
+    from onnx.helper import tensor_dtype_to_np_dtype
+
     def table(values):
-        return {v.name: tuple(d.dim_value for d in v.type.tensor_type.shape.dim) for v in values}
+        return {v.name: (tuple(d.dim_value for d in v.type.tensor_type.shape.dim),
+                         tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name)
+                for v in values}
 
     initializers = {t.name for t in model.graph.initializer}
     found_in = {k: v for k, v in table(model.graph.input).items() if k not in initializers}
-    want_in = {t.name: tuple(t.shape) for t in spec.inputs}
+    want_in = {t.name: (tuple(t.shape), t.dtype) for t in spec.inputs}
     found_out = table(model.graph.output)
-    want_out = {t.name: tuple(t.shape) for t in spec.outputs}
+    want_out = {t.name: (tuple(t.shape), t.dtype) for t in spec.outputs}
     if found_in != want_in:
         raise ExportError(f"{path}: graph inputs {found_in} differ from the {spec.name} spec {want_in}")
     if found_out != want_out:

@@ -33,8 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_weight_arguments(p)
     p.add_argument("--out", default="ort3d_engines", help="artefact folder (default ./ort3d_engines)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp16",
-                   help="engine precision (the ONNX graphs are fp32); VAE nets fall back from "
-                        "fp16 to bf16 (fp32 before compute capability 8.0)")
+                   help="engine precision, and of the ONNX graphs they are built from (graphs "
+                        "without engines are fp32); the VAE nets stay fp32 in an fp16 set")
     p.add_argument("--onnx-only", action="store_true", help="export ONNX graphs, build no engines")
     p.add_argument("--verify", action="store_true",
                    help="run every graph in ONNX Runtime (CPU) against the eager model on fresh "

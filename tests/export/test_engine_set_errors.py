@@ -48,7 +48,7 @@ def engine_set(artefact_copy):
             onnx_sha = document["networks"][name]["onnx"]["sha256"]
             document["networks"][name]["engine"] = {
                 "file": f"{name}.plan", "sha256": artefact_sha256(artefact_copy, [f"{name}.plan"]),
-                "precision": "fp16", "key": engine_key(specs[name], onnx_sha, ["FP16"], H100)}
+                "precision": "fp16", "key": engine_key(specs[name], onnx_sha, ["TF32"], H100)}
 
     _edit_manifest(artefact_copy, add_engines)
     return artefact_copy

@@ -1,5 +1,6 @@
-"""Network specs (shapes per preset, names, sample inputs), the TensorRT 10 op check, engine
-precision fallback and timing-cache naming: everything that needs no exported graph."""
+"""Network specs (shapes per preset, names, sample inputs) and the TensorRT 10 op check:
+everything that needs no exported graph (engine precision and timing caches:
+tests/export/test_trt_build.py)."""
 
 import dataclasses
 from pathlib import Path
@@ -14,7 +15,6 @@ from ort3d.export.onnx_export import check_onnx_file, unsupported_ops
 from ort3d.export.specs import (
     ImageEncoderExport, NETWORK_NAMES, adapter_feature_names, cameras_sha256, network_specs,
 )
-from ort3d.export.trt_build import engine_precision, timing_cache_path
 from ort3d.models.cameras import load_feedback_cameras
 from ort3d.models.clip import resize_with_antialiasing
 from ort3d.models.presets import FULL, TINY
@@ -142,21 +142,3 @@ def test_corrupt_onnx_file_is_a_one_line_error(tmp_path):
         check_onnx_file(path)
     assert "\n" not in str(info.value)
 
-
-def test_fp16_precision_falls_back_for_the_vae_only():
-    specs = network_specs(TINY)
-    assert engine_precision(specs["unet"], "fp16", "9.0") == ("fp16", ["FP16"])
-    assert engine_precision(specs["vae_decoder"], "fp16", "9.0") == ("bf16", ["BF16"])
-    assert engine_precision(specs["vae_encoder"], "fp16", "7.5") == ("fp32", [])
-    assert engine_precision(specs["lgm"], "fp32", "9.0") == ("fp32", [])
-    assert engine_precision(specs["lgm"], "bf16", "8.0") == ("bf16", ["BF16"])
-    with pytest.raises(ExportError, match="bf16"):
-        engine_precision(specs["lgm"], "bf16", "7.5")
-
-
-def test_timing_cache_is_per_tensorrt_version_and_gpu(tmp_path):
-    h100 = {"tensorrt_version": "10.3.0", "gpu_name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
-    path = timing_cache_path(tmp_path, h100)
-    assert path.parent == tmp_path and path.name == "trt-10.3.0_nvidia-h100-80gb-hbm3_sm90.timing-cache"
-    assert timing_cache_path(tmp_path, {**h100, "tensorrt_version": "10.4.0"}) != path
-    assert timing_cache_path(tmp_path, {**h100, "gpu_name": "NVIDIA A100"}) != path

@@ -77,12 +77,12 @@ def _entry(directory, name, payload, key):
 
 
 def test_each_key_field_decides_reuse(tmp_path):
-    key = {"onnx_sha256": "a" * 64, "shapes": {"x": [1, 2]}, "precision_flags": ["FP16"],
+    key = {"onnx_sha256": "a" * 64, "shapes": {"x": [1, 2]}, "precision_flags": ["TF32"],
            **H100, "ort3d_version": __version__}
     assert set(key) == set(ENGINE_KEY_FIELDS)
     entry = _entry(tmp_path, "net.plan", b"engine bytes", key)
     assert decide(entry, key, tmp_path).reuse
-    changes = {"onnx_sha256": "b" * 64, "shapes": {"x": [1, 3]}, "precision_flags": ["BF16"],
+    changes = {"onnx_sha256": "b" * 64, "shapes": {"x": [1, 3]}, "precision_flags": [],
                "tensorrt_version": "10.4.0", "gpu_name": "NVIDIA A100", "compute_capability": "8.0",
                "ort3d_version": "9.9.9"}
     for field, value in changes.items():
@@ -138,7 +138,7 @@ def test_build_reuses_unchanged_keys_and_rebuilds_changed_ones(tiny_models, tmp_
 
     first = build()
     assert not first["onnx"].reuse and not first["engine"].reuse and len(builder.calls) == 1
-    assert builder.calls[0] == ("image_encoder", ("FP16",),
+    assert builder.calls[0] == ("image_encoder", ("TF32",),
                                 "trt-10.3.0_nvidia-h100-80gb-hbm3_sm90.timing-cache")
     engine = read_manifest(out)["networks"]["image_encoder"]["engine"]
     assert engine["precision"] == "fp16" and engine["key"]["gpu_name"] == H100["gpu_name"]
@@ -155,7 +155,7 @@ def test_build_reuses_unchanged_keys_and_rebuilds_changed_ones(tiny_models, tmp_
     assert len(builder.calls) == 7
 
     decision = build(precision="fp32")["engine"]
-    assert not decision.reuse and "precision_flags: ['FP16'] -> []" in decision.reason
+    assert not decision.reuse and "precision_flags: ['TF32'] -> []" in decision.reason
 
     (out / "image_encoder.plan").write_bytes(b"tampered")
     assert "changed on disk" in build(precision="fp32")["engine"].reason
@@ -192,8 +192,9 @@ def test_unreadable_previous_manifest_means_rebuild_not_crash(tiny_models, tmp_p
 
 
 def test_carried_engine_survives_an_onnx_only_rebuild(tiny_models, tmp_path):
+    # An fp32 engine is built from the fp32 graph an ONNX-only rebuild exports too.
     out, builder = tmp_path / "set", FakeEngineBuilder()
-    build_artefacts(tiny_models, out, BuildOptions(networks=("image_encoder",)),
+    build_artefacts(tiny_models, out, BuildOptions(networks=("image_encoder",), precision="fp32"),
                     log=lambda m: None, identity=H100, engine_builder=builder)
     before = copy.deepcopy(read_manifest(out)["networks"]["image_encoder"]["engine"])
     build_artefacts(tiny_models, out, BuildOptions(networks=("image_encoder",), onnx_only=True),
