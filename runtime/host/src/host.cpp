@@ -21,7 +21,6 @@ constexpr int kFps = 7;
 constexpr int kMotionBucketId = 127;
 constexpr double kNoiseAugStrength = 0.02;
 constexpr double kGuidanceMin = 1.0, kGuidanceMax = 3.0;
-constexpr int kUnshuffledChannels = 3 * 8 * 8;
 
 using Tensors = std::vector<torch::Tensor>;
 

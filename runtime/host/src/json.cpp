@@ -17,7 +17,9 @@ bool Value::is_integer() const {
   return type == Type::Number && std::isfinite(number) && std::floor(number) == number;
 }
 
-const char* Value::type_name() const {
+const char* Value::type_name() const { return json::type_name(type); }
+
+const char* type_name(Type type) {
   switch (type) {
     case Type::Null: return "null";
     case Type::Bool: return "boolean";

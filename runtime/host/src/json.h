@@ -10,6 +10,8 @@ namespace ort3d::json {
 
 enum class Type { Null, Bool, Number, String, Array, Object };
 
+const char* type_name(Type type);  // "null", "boolean", "number", "string", "array", "object"
+
 class Value {
  public:
   Type type = Type::Null;

@@ -26,7 +26,6 @@ using json::Type;
 using json::Value;
 
 constexpr int kFormatVersion = 1;
-constexpr int kUnshuffledChannels = 3 * 8 * 8;
 
 std::string shape_text(const std::vector<std::int64_t>& shape) {
   std::ostringstream out;
@@ -64,7 +63,7 @@ class Reader {
     if (value == nullptr) fail(name, "is missing");
     if (value->type != type) {
       fail(name, std::string("is ") + value->type_name() + " " + brief(*value) + ", expected " +
-                     Value{type}.type_name());
+                     json::type_name(type));
     }
     return *value;
   }

@@ -31,6 +31,9 @@ struct Manifest {
   std::map<std::string, NetworkInfo> networks;
 };
 
+// Channels of the adapters' feedback inputs: 3 maps pixel-unshuffled by 8 (kernels/feedback.py).
+constexpr int kUnshuffledChannels = 3 * 8 * 8;
+
 // The networks a host run needs, in the order the loop first calls them.
 extern const std::vector<std::string> kHostNetworks;
 
