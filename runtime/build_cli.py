@@ -36,13 +36,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="engine precision, and of the ONNX graphs they are built from (graphs "
                         "without engines are fp32); the VAE nets stay fp32 in an fp16 set")
     p.add_argument("--onnx-only", action="store_true", help="export ONNX graphs, build no engines")
+    p.add_argument("--formats", default="onnx",
+                   help="comma-separated: onnx (ONNX graphs, + TensorRT engines where installed), "
+                        "aoti (AOTInductor packages for the C++ host and --backend aoti, compiled "
+                        "for --device; adds the feedback network) (default onnx)")
     p.add_argument("--verify", action="store_true",
                    help="run every graph in ONNX Runtime (CPU) against the eager model on fresh "
                         "random inputs and print the errors")
     p.add_argument("--verify-seed", type=int, default=None,
                    help="seed of the --verify inputs (default: a new random seed, printed)")
     p.add_argument("--networks", default=",".join(NETWORK_NAMES),
-                   help=f"comma-separated subset of {','.join(NETWORK_NAMES)}")
+                   help=f"comma-separated subset of {','.join(NETWORK_NAMES)} (and feedback "
+                        "with --formats aoti)")
     add_temporal_context_argument(p)
     p.add_argument("--no-simplify", action="store_true", help="skip the onnxslim pass")
     p.add_argument("--workspace-gb", type=float, default=8.0, help="TensorRT workspace pool limit in GiB (default 8)")
@@ -70,6 +75,7 @@ def run(args) -> int:
                            simplify_networks=() if args.no_simplify else NETWORK_NAMES,
                            temporal_context=args.temporal_context,
                            networks=tuple(n for n in args.networks.split(",") if n),
+                           formats=tuple(f for f in args.formats.split(",") if f),
                            workspace_bytes=int(args.workspace_gb * (1 << 30)))
     options.check()
     started = time.perf_counter()

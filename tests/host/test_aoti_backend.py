@@ -70,3 +70,12 @@ def test_feedback_package_equals_reference_renderer(aoti_engines, aoti_networks)
     # Chunked transmittance products associate differently: float32 rounding of maps in [0, 1].
     assert (rgb - reference.rgb).abs().max().item() <= 1e-5
     assert (ccm - reference.ccm).abs().max().item() <= 1e-5
+
+
+def test_build_cli_refuses_unknown_format(tmp_path, capsys):
+    """ort3d-build --formats: checked before any model is built; one line, exit 2."""
+    from ort3d.runtime.build_cli import main
+
+    assert main(["--formats", "onnx,trt", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "ort3d-build: error: --formats: unknown format 'trt'; choose from onnx,aoti"]
