@@ -219,8 +219,8 @@ def test_host_matches_python(host_outputs, aoti_engines, tmp_path, reference):
     3 steps, same seed. The C++ host runs the feedback package (static-shape renderer), Python
     the reference renderer: equal up to float32 rounding, which the recursion amplifies; the
     AOTInductor kernels differ from eager by ~1e-6 per network (tests of backend_aoti).
-    Gaussians: ‖host − python‖ / ‖python‖ over the raw .ply columns <= 1e-4 (what we measured:
-    ~3e-5 against eager); views >= 40 dB."""
+    Gaussians: ‖host − python‖ / ‖python‖ over the raw .ply columns <= 1e-4; views >= 40 dB
+    (measured: 1.4e-6 and 87 dB against aoti, 2.7e-5 and 74 dB against eager)."""
     from ort3d.runtime.networks import EagerNetworks
 
     nets = (AotiNetworks(aoti_engines.dir) if reference == "aoti"
