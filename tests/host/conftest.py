@@ -36,10 +36,10 @@ def _run(command, cwd, what, timeout=BUILD_TIMEOUT_S):
 @pytest.fixture(scope="session")
 def host_build():
     """build/host with ort3d-host and ort3d_host_tests, configured against this interpreter's torch."""
-    missing = [tool for tool in ("cmake", "c++") if shutil.which(tool) is None]
+    missing = [tool for tool in ("cmake", "ctest", "c++") if shutil.which(tool) is None]
     if missing:
-        pytest.fail(f"the C++ host needs {' and '.join(missing)} on PATH (CMake >= 3.18 and a C++17 "
-                    "compiler; e.g. apt-get install cmake g++ libpng-dev)", pytrace=False)
+        pytest.fail(f"the C++ host needs {', '.join(missing)} on PATH (CMake >= 3.18 with ctest and "
+                    "a C++17 compiler; e.g. apt-get install cmake g++ libpng-dev)", pytrace=False)
     HOST_BUILD.mkdir(parents=True, exist_ok=True)
     _run(["cmake", "-S", str(REPO), "-B", str(HOST_BUILD), "-DCMAKE_BUILD_TYPE=Release",
           f"-DORT3D_PYTHON={sys.executable}"], REPO, "configuring the C++ host (CMake)")
