@@ -34,12 +34,13 @@ from ort3d.export.atomic import atomic_path
 from ort3d.export.manifest import MANIFEST_NAME
 from ort3d.models.checkpoint import build_models
 from ort3d.models.scheduler import MIN_STEPS
+from ort3d.runtime.backend_graph import CAPTURE_STAGE
 from ort3d.runtime.cli_common import (EXIT_INPUT, EXIT_OK, EXIT_RUNTIME, UsageError,
                                       add_device_arguments, add_temporal_context_argument,
                                       add_weight_arguments, default_preset, exit_on_interrupt,
                                       fail, input_error_types, resolve_device)
-from ort3d.runtime.networks import (BACKENDS, REFERENCE_BACKEND, has_module, make_networks,
-                                    precision_policy, unavailable_reason)
+from ort3d.runtime.networks import (BACKENDS, REFERENCE_BACKEND, default_renderer, has_module,
+                                    make_networks, precision_policy, unavailable_reason)
 from ort3d.runtime.pipeline import PipelineOptions, RecursivePipeline
 from ort3d.runtime.preprocess import preprocess
 from ort3d.runtime.timing import ONCE_STAGES, STEP_STAGES, TimingReport, summarize_ms
@@ -64,11 +65,11 @@ class Row:
     renderer: str      # PipelineOptions.renderer
 
 
-def bench_rows() -> dict[str, Row]:
-    """Every BACKENDS entry with the reference renderer, and eager-triton right after eager."""
+def bench_rows(device="cpu") -> dict[str, Row]:
+    """Every BACKENDS entry with its default renderer on `device`, and eager-triton right after eager."""
     rows = {}
     for name in BACKENDS:
-        rows[name] = Row(name, name, "torch")
+        rows[name] = Row(name, name, default_renderer(name, device))
         if name == REFERENCE_BACKEND:
             rows[TRITON_ROW] = Row(TRITON_ROW, name, "triton")
     return rows
@@ -138,13 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def check_args(args) -> list[Row]:
+def check_args(args, device="cpu") -> list[Row]:
     """Validates the settings (UsageError); returns the rows in run order, eager first."""
     for name, low in (("steps", MIN_STEPS), ("warmup", 0), ("repeats", 1), ("orbit_frames", 0),
                       ("threads", 1)):
         if getattr(args, name) is not None and getattr(args, name) < low:
             raise UsageError(f"--{name.replace('_', '-')} must be at least {low} (got {getattr(args, name)})")
-    rows = bench_rows()
+    rows = bench_rows(device)
     names = [n.strip() for n in args.backends.split(",") if n.strip()]
     unknown = [n for n in names if n not in rows]
     if unknown:
@@ -245,6 +246,8 @@ def measure(pipeline, image_path: Path, seed: int, warmup: int, repeats: int,
     for index in range(warmup + repeats):
         result, views, gaussians, once, total = one_run(pipeline, image_path, seed, orbit_frames)
         if index < warmup:
+            if CAPTURE_STAGE in result.timings.once:   # paid once per pipeline, in its first run
+                m.add_once(CAPTURE_STAGE, result.timings.once[CAPTURE_STAGE])
             continue
         report: TimingReport = result.timings
         m.steps.extend(report.steps)
@@ -476,10 +479,10 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        rows = check_args(args)
+        device = check_device(args.device)
+        rows = check_args(args, device)
         if args.threads:
             torch.set_num_threads(args.threads)
-        device = check_device(args.device)
         preset = default_preset(args)
         weight_dtype, _ = precision_policy(args.dtype, device)
         started = time.perf_counter()

@@ -18,8 +18,9 @@ tensor: each step's stage times are CUDA events inside its own graph, so they ar
 after the loop (one graph replayed 25 times overwrites its events and needs a host sync per step
 to read them), the finite-check flags keep their per-step rows, and the scheduler tables are
 indexed as in eager. The price is 25 captures instead of 1 (capture time is reported) and no
-difference at replay: the same kernels run. On the CPU, and with `check_every_stage` (a sync per
-stage cannot be captured), the steps run eagerly: the same code, no capture.
+difference at replay: the same kernels run. The capture time is the once-stage `graph_capture`
+of the run that captured (run.json, bench/latency.py). On the CPU, and with `check_every_stage`
+(a sync per stage cannot be captured), the steps run eagerly: the same code, no capture.
 
 Switches measured on a GPU only (off unless set to 1): ORT3D_GRAPH_CHANNELS_LAST (channels-last
 UNet, VAE and LGM convolutions), ORT3D_GRAPH_CUDNN_BENCHMARK (cuDNN autotuning; a process-wide
@@ -34,17 +35,20 @@ import time
 from dataclasses import dataclass
 
 import torch
-from torch.utils._pytree import tree_leaves, tree_map
+from torch.utils._pytree import tree_map
 
+from ort3d.kernels.feedback_dispatch import RendererUnavailable
 from ort3d.models.cameras import FeedbackCameras
 from ort3d.models.mv_unet import DEFAULT_TEMPORAL_CONTEXT, check_temporal_context
-from ort3d.runtime.networks import DTYPES, autocast_context, vae_precision
+from ort3d.runtime.networks import DTYPES, autocast_context, default_renderer, vae_precision
+from ort3d.runtime.pipeline import write_into
 
-GRAPH_RENDERERS = ("triton",)   # the feedback renderers with static shapes and no host reads
+CAPTURE_STAGE = "graph_capture"   # the once-stage timing a capture of the loop (run.json, bench)
 
 
-class GraphRendererError(ValueError):
-    """The chosen feedback renderer cannot be captured in a CUDA graph; one-line message."""
+class GraphRendererError(RendererUnavailable):
+    """The chosen feedback renderer cannot be captured in a CUDA graph; one-line message (the
+    CLIs report it as bad settings, exit 2)."""
 
 
 def graph_dtype(dtype: str, device) -> torch.dtype:
@@ -100,13 +104,20 @@ def use_sdpa(module: torch.nn.Module) -> None:
             sub.set_processor(AttnProcessor2_0())
 
 
+def to_channels_last(module: torch.nn.Module) -> None:
+    """Channels-last 2-D convolution weights (the VAE's temporal Conv3d weights keep theirs:
+    nn.Module.to(memory_format=...) would refuse them)."""
+    for param in module.parameters():
+        if param.dim() == 4:
+            param.data = param.data.contiguous(memory_format=torch.channels_last)
+
+
 def copy_or_keep(buffer, value):
     """`value` written into `buffer` (same nested structure of tensors) when there is one, else
     `value` becomes the buffer: what keeps per-image constants at the addresses a graph reads."""
     if buffer is None:
         return value
-    for dst, src in zip(tree_leaves(buffer), tree_leaves(value), strict=True):
-        dst.copy_(src)
+    write_into(buffer, value)
     return buffer
 
 
@@ -137,8 +148,8 @@ class GraphNetworks:
         for module in (mv, vae):
             use_sdpa(module)
         if cuda and settings.channels_last:
-            for module in (mv.unet, mv.cond_encoder, vae, lgm):
-                module.to(memory_format=torch.channels_last)
+            for module in (mv, vae, lgm):
+                to_channels_last(module)
         if cuda and settings.cudnn_benchmark:
             torch.backends.cudnn.benchmark = True
         self.models = Models(models.preset, mv, lgm, vae, models.image_encoder, models.schedule,
@@ -196,10 +207,11 @@ class GraphNetworks:
         capture, so any feedback renderer)."""
         if self.device.type != "cuda":
             return pipeline.run_steps_eagerly
-        if pipeline.options.renderer not in GRAPH_RENDERERS:
+        needed = default_renderer(self.name, self.device)
+        if pipeline.options.renderer != needed:
             raise GraphRendererError(
                 f"the graph backend on CUDA needs a feedback renderer without host reads: "
-                f"--renderer {' or '.join(GRAPH_RENDERERS)} (got {pipeline.options.renderer})")
+                f"--renderer {needed} (got {pipeline.options.renderer})")
         return CudaGraphSteps(pipeline)
 
 
@@ -249,9 +261,10 @@ class CudaGraphSteps:
         torch.cuda.empty_cache()     # the eager run's cached blocks: the graphs get their own pool
         started = time.perf_counter()
         pool = torch.cuda.graph_pool_handle()
-        # capture_begin/end rather than torch.cuda.graph(), which collects garbage and empties the
-        # cache around each of the 25 captures.
-        with torch.cuda.stream(self.stream):
+        # Timed as a once-stage on the idle default stream (so its events span the host's capture
+        # work). capture_begin/end rather than torch.cuda.graph(), which collects garbage and
+        # empties the cache around each of the 25 captures.
+        with state.timer.stage(CAPTURE_STAGE), torch.cuda.stream(self.stream):
             for i in range(pipe.options.steps):
                 graph = torch.cuda.CUDAGraph()
                 with state.timer.capture() as stages:
@@ -322,5 +335,5 @@ def create_graph_networks(request) -> GraphNetworks:
                          settings=GraphSettings.from_environment())
 
 
-__all__ = ["CudaGraphSteps", "GRAPH_RENDERERS", "GraphNetworks", "GraphRendererError", "GraphSettings",
+__all__ = ["CAPTURE_STAGE", "CudaGraphSteps", "GraphNetworks", "GraphRendererError", "GraphSettings",
            "create_graph_networks", "graph_dtype"]

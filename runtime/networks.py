@@ -213,6 +213,14 @@ class Backend:
     summary: str                                              # one line for --help
     unavailable: Callable[[NetworkRequest], str | None]       # None: it can run here
     create: Callable[[NetworkRequest], Networks]
+    cuda_renderer: str | None = None   # the feedback renderer it needs on CUDA (None: any)
+
+
+def default_renderer(backend: str, device) -> str:
+    """The feedback renderer `backend` runs with unless one is chosen: the one it needs on CUDA
+    (graph: triton, whose render has no host reads), else the torch reference."""
+    needed = BACKENDS[backend].cuda_renderer
+    return needed if needed is not None and torch.device(device).type == "cuda" else "torch"
 
 
 def has_module(name: str) -> bool:
@@ -274,8 +282,8 @@ def _trt(request: NetworkRequest) -> Networks:
 
 BACKENDS: dict[str, Backend] = {b.name: b for b in (
     Backend("eager", "our PyTorch modules: the reference", lambda request: None, _eager),
-    Backend("graph", "our modules in fp16 (VAE bf16), the loop replayed as CUDA graphs on CUDA; "
-            "needs --renderer triton", lambda request: None, _graph),
+    Backend("graph", "our modules in fp16 (VAE bf16), the loop replayed as CUDA graphs on CUDA "
+            "(with the triton renderer)", lambda request: None, _graph, cuda_renderer="triton"),
     Backend("ort", "exported ONNX graphs in ONNX Runtime", _ort_unavailable, _ort),
     Backend("trt", "TensorRT engines", _trt_unavailable, _trt),
 )}
@@ -317,4 +325,5 @@ def unavailable_reason(backend: str, preset: Preset, device, **settings) -> str 
 
 __all__ = ["BACKENDS", "Backend", "BackendUnavailable", "DTYPES", "EagerNetworks", "NetworkRequest",
            "Networks", "REFERENCE_BACKEND", "autocast_context", "bf16_supported", "ccm_matmul_dtype",
+           "default_renderer",
            "make_networks", "precision_policy", "unavailable_reason", "vae_precision"]

@@ -173,7 +173,8 @@ class RecursivePipeline:
         except FeedbackRenderError as exc:
             raise RunError(str(exc)) from None
         views = (decoded / 2 + 0.5).clamp(0, 1)
-        return RunResult(views=views, gaussians=state.gaussians[0], timings=state.timer.report())
+        # A copy: the Gaussian buffer is the loop's, which a captured loop rewrites for the next image.
+        return RunResult(views=views, gaussians=state.gaussians[0].clone(), timings=state.timer.report())
 
     def run(self, image: torch.Tensor, seed: int, progress=None) -> RunResult:
         """prepare → steps → finish. progress: optional callable(step_index) after each step."""

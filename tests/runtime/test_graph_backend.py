@@ -9,8 +9,9 @@ from host_sync import NoHostReads, UncheckedLaunch
 from ort3d.kernels import triton_binning, triton_composite, triton_project
 from ort3d.models.checkpoint import build_models
 from ort3d.models.presets import TINY
-from ort3d.runtime.backend_graph import LOOP_TENSORS, GraphNetworks, GraphRendererError, graph_dtype
-from ort3d.runtime.networks import BACKENDS, make_networks
+from ort3d.runtime.backend_graph import (CAPTURE_STAGE, LOOP_TENSORS, GraphNetworks,
+                                         GraphRendererError, graph_dtype)
+from ort3d.runtime.networks import BACKENDS, default_renderer, make_networks
 from ort3d.runtime.pipeline import PipelineOptions, RecursivePipeline
 
 F16, BF16, F32 = torch.float16, torch.bfloat16, torch.float32
@@ -32,8 +33,11 @@ def relative(a, b) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
-def test_graph_is_a_registered_backend():
+def test_graph_is_a_registered_backend_that_renders_with_triton_on_cuda():
     assert "graph" in BACKENDS and BACKENDS["graph"].unavailable(None) is None
+    assert default_renderer("graph", "cuda") == "triton"     # no host reads: capturable
+    assert default_renderer("graph", "cpu") == "torch"       # no capture on the CPU
+    assert default_renderer("eager", "cuda") == "torch"
 
 
 def test_graph_equals_eager_in_fp32_after_three_steps(models, image):
@@ -155,14 +159,17 @@ def test_a_replayed_image_equals_its_eager_run_on_cuda(image):
     options = PipelineOptions(steps=3, renderer="triton")
     pipe = RecursivePipeline(nets, "cuda", options)
     other = torch.flip(image, dims=[-1])
-    pipe.run(image, seed=3)
+    first = pipe.run(image, seed=3)
     replayed = pipe.run(other, seed=4)
     runner = pipe._run_steps
     assert runner.report()["captures"] == 1 and runner.report()["replayed_images"] == 1
-    assert runner.capture_s is not None and runner.capture_s > 0
+    assert first.timings.once[CAPTURE_STAGE] > 0 and CAPTURE_STAGE not in replayed.timings.once
     fresh = RecursivePipeline(nets, "cuda", options).run(other, seed=4)
-    # Same kernels on the same inputs: equal up to atomics-free reordering (none expected).
-    assert relative(replayed.views, fresh.views) <= 1e-5
+    # The same kernels on the same inputs. The bar leaves room for a nondeterministic kernel
+    # amplified by the loop (eager vs itself drifts ~1e-5 over 3 steps on CPU threads), and still
+    # fails at once if a graph read a stale buffer (image A's constants or latents: ~1e-1).
+    assert relative(replayed.views, fresh.views) <= 1e-3
+    assert relative(replayed.gaussians, fresh.gaussians) <= 1e-3
     assert set(replayed.timings.steps[0]) >= {"unet", "vae_decode", "lgm", "render", "adapters"}
 
 
