@@ -34,6 +34,7 @@ class AotiNetworks(ExportedNetworks):
                        torch.__version__, verify_hashes)
         super().__init__(directory, manifest, preset, temporal_context)
         self.specs = aoti_specs(self.specs, self.preset)
+        self._check_against_specs((FEEDBACK,))
         index = self.device.index if self.device.index is not None else -1
         self.packages = {
             name: torch._inductor.aoti_load_package(

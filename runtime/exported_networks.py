@@ -43,10 +43,10 @@ class ExportedNetworks:
         self._check_against_specs()
         self._clip_cfg: torch.Tensor | None = None
 
-    def _check_against_specs(self) -> None:
+    def _check_against_specs(self, names=NETWORK_NAMES) -> None:
         """The set must have been exported for this preset's shapes and these options."""
         path = self.directory / MANIFEST_NAME
-        for name in NETWORK_NAMES:
+        for name in names:
             entry, spec = self.manifest["networks"][name], self.specs[name]
             for side in ("inputs", "outputs"):
                 want = spec.io_table()[side]

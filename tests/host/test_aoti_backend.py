@@ -1,6 +1,8 @@
 """AOTInductor packages: the build options, reuse by content key, and the `aoti` backend's
 networks (the packages the C++ host runs) against the eager modules and the reference renderer."""
 
+import os
+
 import pytest
 import torch
 
@@ -79,3 +81,19 @@ def test_build_cli_refuses_unknown_format(tmp_path, capsys):
     assert main(["--formats", "onnx,trt", "--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         "ort3d-build: error: --formats: unknown format 'trt'; choose from onnx,aoti"]
+
+
+def test_feedback_entry_checked_against_its_spec(aoti_engines, tmp_path):
+    """The feedback package's shapes and options are checked like the six networks' (here: a
+    set built for other cameras), before any package is loaded."""
+    import json
+    import shutil
+
+    folder = tmp_path / "set"
+    shutil.copytree(aoti_engines.dir, folder, copy_function=os.symlink)
+    (folder / "manifest.json").unlink()
+    manifest = json.loads((aoti_engines.dir / "manifest.json").read_text())
+    manifest["networks"]["feedback"]["options"]["cameras_sha256"] = "0" * 64
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ExportError, match="field networks.feedback.options.cameras_sha256"):
+        AotiNetworks(folder)
