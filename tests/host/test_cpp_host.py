@@ -16,6 +16,7 @@ from plyfile import PlyData
 from ort3d.export.aoti_export import aoti_specs
 from ort3d.export.cache import sha256_file
 from ort3d.export.errors import ExportError
+from ort3d.export.feedback_export import FEEDBACK
 from ort3d.export.manifest import check_aoti_set, new_manifest, read_manifest, write_manifest
 from ort3d.export.specs import network_specs
 from ort3d.models.presets import TINY
@@ -79,6 +80,8 @@ MANIFEST_CASES = [
      "field networks.unet.aoti.key.device"),
     ("other_torch", _edit(["networks", "adapters", "aoti", "key", "torch_version"], "2.0.0"),
      "field networks.adapters.aoti.key.torch_version"),
+    ("mixed_cameras", _edit(["networks", "feedback", "options", "cameras_sha256"], "0" * 64),
+     "field networks.feedback.options.cameras_sha256"),
     ("missing_file", lambda folder, manifest: (folder / "lgm.pt2").unlink(),
      "file named by networks.lgm.aoti is missing"),
     ("corrupt_file", lambda folder, manifest: (folder / "unet.pt2").write_bytes(b"flipped"),
@@ -91,12 +94,15 @@ MANIFEST_CASES = [
 
 
 def _python_refusal(folder) -> str | None:
-    """Python's reading of the same folder: the manifest, the aoti set, the preset's shapes."""
+    """Python's reading of the same folder, the checks AotiNetworks makes before it loads any
+    package: the manifest, the aoti set, every network's shapes and options."""
     try:
         manifest = read_manifest(folder)
         check_aoti_set(manifest, folder, list(aoti_specs(network_specs(TINY), TINY)), "cpu",
                        torch.__version__)
-        ExportedNetworks(folder, manifest, TINY, "interleaved")
+        nets = ExportedNetworks(folder, manifest, TINY, "interleaved")
+        nets.specs = aoti_specs(nets.specs, TINY)
+        nets._check_against_specs((FEEDBACK,))
     except ExportError as err:
         return str(err)
     return None

@@ -266,6 +266,19 @@ Manifest read_manifest(const std::string& directory, const std::string& device,
   m.vae_scaling_factor = reader.number(decoder_options, "networks.vae_decoder.options", "scaling_factor");
   if (!(m.vae_scaling_factor > 0)) reader.fail("networks.vae_decoder.options.scaling_factor", "must be positive");
 
+  // The cameras are folded into three packages; they must all hold the same ones.
+  std::string cameras;
+  for (const char* name : {"unet", "lgm", "feedback"}) {
+    const std::string field = std::string("networks.") + name + ".options";
+    const Value& options = reader.get(*networks.find(name), std::string("networks.") + name, "options", Type::Object);
+    const std::string sha = reader.string(options, field, "cameras_sha256");
+    if (!cameras.empty() && sha != cameras) {
+      reader.fail(field + ".cameras_sha256", "differs from networks.unet's: the packages were "
+                                             "exported for different cameras; rebuild the set");
+    }
+    cameras = sha;
+  }
+
   m.image_size = base_size(reader, m, "image_encoder", false, 0, 3);
   m.clip_dim = base_size(reader, m, "image_encoder", true, 0, 2);
   m.num_views = base_size(reader, m, "adapters", false, 0, 0);
