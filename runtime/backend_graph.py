@@ -230,6 +230,10 @@ class CudaGraphSteps:
         self.replayed_images = 0
 
     def __call__(self, state, progress=None) -> None:
+        with torch.no_grad():   # a caller without inference_mode: no autograd records in the graphs
+            self._run(state, progress)
+
+    def _run(self, state, progress) -> None:
         pipe = self.pipeline
         if pipe.options.check_every_stage:
             pipe.run_steps_eagerly(state, progress)
