@@ -138,20 +138,8 @@ std::map<std::string, std::pair<std::vector<TensorInfo>, std::vector<TensorInfo>
   };
 }
 
-std::string table_text(const std::vector<TensorInfo>& tensors) {
-  std::string out = "[";
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    out += (i ? ", " : "") + tensors[i].name + " " + shape_text(tensors[i].shape);
-  }
-  return out + "]";
-}
-
-bool same_table(const std::vector<TensorInfo>& a, const std::vector<TensorInfo>& b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (a[i].name != b[i].name || a[i].shape != b[i].shape) return false;
-  }
-  return true;
+std::string tensor_text(const TensorInfo& tensor) {
+  return tensor.name + " " + shape_text(tensor.shape);
 }
 
 // One size of the set read from a network's I/O table, e.g. the image size from image_encoder.
@@ -297,9 +285,16 @@ Manifest read_manifest(const std::string& directory, const std::string& device,
         {"inputs", &io.first}, {"outputs", &io.second}};
     for (const auto& [side, want] : sides) {
       const auto& got = std::string(side) == "inputs" ? info.inputs : info.outputs;
-      if (!same_table(got, *want)) {
-        reader.fail("networks." + name + "." + side, "is " + table_text(got) + " but preset \"" +
-                                                         m.preset + "\" needs " + table_text(*want));
+      const std::string field = "networks." + name + "." + side;
+      if (got.size() != want->size()) {
+        reader.fail(field, "has " + std::to_string(got.size()) + " tensors but preset \"" + m.preset +
+                               "\" needs " + std::to_string(want->size()));
+      }
+      for (size_t i = 0; i < got.size(); ++i) {  // the first tensor that differs, by name and shape
+        if (got[i].name != (*want)[i].name || got[i].shape != (*want)[i].shape) {
+          reader.fail(field + "[" + std::to_string(i) + "]", "is " + tensor_text(got[i]) + " but preset \"" +
+                                                                 m.preset + "\" needs " + tensor_text((*want)[i]));
+        }
       }
     }
   }
