@@ -221,7 +221,7 @@ class CudaGraphSteps:
 
     def __init__(self, pipeline):
         self.pipeline = pipeline
-        self.stream = torch.cuda.Stream(device=pipeline.device)
+        self.stream = None           # the side stream of the warm-up and the captures
         self.graphs: list[tuple[torch.cuda.CUDAGraph, list]] = []   # (graph, its timed stages)
         self.buffers = None          # the LoopState whose tensors the graphs read and write
         self.budget = None           # the feedback renderer's overlap budget the graphs hold
@@ -255,19 +255,34 @@ class CudaGraphSteps:
 
     # ------------------------------------------------------------------ capture
     def _run_and_capture(self, state, progress) -> None:
-        pipe = self.pipeline
         self.graphs = []
+        self._warm_up(state, progress)
+        started = time.perf_counter()
+        self.graphs = self._capture(state)
+        self.capture_s = time.perf_counter() - started
+        self.captures += 1
+        self.buffers = state
+        self.budget = getattr(self.pipeline.renderer, "budget", None)
+
+    def _warm_up(self, state, progress) -> None:
+        """This image's steps run eagerly on the side stream: its result, and the warm-up."""
+        if self.stream is None:
+            self.stream = torch.cuda.Stream(device=self.pipeline.device)
         self.stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(self.stream):          # the warm-up is this image's eager run
-            pipe.run_steps_eagerly(state, progress)
+        with torch.cuda.stream(self.stream):
+            self.pipeline.run_steps_eagerly(state, progress)
         torch.cuda.current_stream().wait_stream(self.stream)
         torch.cuda.synchronize()
         torch.cuda.empty_cache()     # the eager run's cached blocks: the graphs get their own pool
-        started = time.perf_counter()
+
+    def _capture(self, state) -> list:
+        """One graph per step index, sharing one pool, each with the stages timed inside it.
+
+        Timed as a once-stage on the idle default stream (so its events span the host's capture
+        work). capture_begin/end rather than torch.cuda.graph(), which collects garbage and
+        empties the cache around each of the 25 captures."""
+        pipe, graphs = self.pipeline, []
         pool = torch.cuda.graph_pool_handle()
-        # Timed as a once-stage on the idle default stream (so its events span the host's capture
-        # work). capture_begin/end rather than torch.cuda.graph(), which collects garbage and
-        # empties the cache around each of the 25 captures.
         with state.timer.stage(CAPTURE_STAGE), torch.cuda.stream(self.stream):
             for i in range(pipe.options.steps):
                 graph = torch.cuda.CUDAGraph()
@@ -277,13 +292,10 @@ class CudaGraphSteps:
                         pipe.step(state, i)
                     finally:
                         graph.capture_end()
-                self.graphs.append((graph, stages))
+                graphs.append((graph, stages))
         torch.cuda.current_stream().wait_stream(self.stream)
         torch.cuda.synchronize()
-        self.capture_s = time.perf_counter() - started
-        self.captures += 1
-        self.buffers = state
-        self.budget = getattr(pipe.renderer, "budget", None)
+        return graphs
 
     # ------------------------------------------------------------------ replay
     def _adopt(self, state) -> dict:

@@ -1,6 +1,8 @@
 """The `graph` backend (runtime/backend_graph.py): eager's modules in their compute dtype, and the
 loop shaped for CUDA-graph capture: no host reads in a step, loop state at fixed addresses."""
 
+import functools
+
 import pytest
 import torch
 from torch.utils._pytree import tree_leaves
@@ -9,8 +11,8 @@ from host_sync import NoHostReads, UncheckedLaunch
 from ort3d.kernels import triton_binning, triton_composite, triton_project
 from ort3d.models.checkpoint import build_models
 from ort3d.models.presets import TINY
-from ort3d.runtime.backend_graph import (CAPTURE_STAGE, LOOP_TENSORS, GraphNetworks,
-                                         GraphRendererError, graph_dtype)
+from ort3d.runtime.backend_graph import (CAPTURE_STAGE, LOOP_TENSORS, CudaGraphSteps,
+                                         GraphNetworks, GraphRendererError, graph_dtype)
 from ort3d.runtime.networks import BACKENDS, default_renderer, make_networks
 from ort3d.runtime.pipeline import PipelineOptions, RecursivePipeline
 
@@ -144,6 +146,59 @@ def test_the_graph_backend_refuses_a_renderer_it_cannot_capture_on_cuda(models, 
     pipe.options = PipelineOptions(renderer="torch")
     with pytest.raises(GraphRendererError, match="--renderer triton"):
         nets.steps_runner(pipe)
+
+
+class StepReplay:
+    """A captured graph's stand-in on the CPU: replay() runs the captured step again on the state
+    it was captured with, whose tensors are the loop's buffers (as a graph's addresses are)."""
+
+    def __init__(self, pipe, state, step):
+        self.replay = functools.partial(pipe.step, state, step)
+
+
+class StepsReplayedOnCpu(CudaGraphSteps):
+    """The CUDA runner with its warm-up run in place and Python replays for graphs: what it does
+    with the buffers (a new image's inputs, a restart after an overflow) runs on the CPU."""
+
+    def _warm_up(self, state, progress):
+        self.pipeline.run_steps_eagerly(state, progress)
+
+    def _capture(self, state):
+        return [(StepReplay(self.pipeline, state, i), []) for i in range(self.pipeline.options.steps)]
+
+
+class OverflowOnce:
+    """An overlap budget whose first read after a replay reports more overlaps than it holds."""
+
+    def __init__(self):
+        self.peak, self.capacity, self.reads = torch.zeros((), dtype=torch.int64), 1, 0
+
+    def peak_needed(self) -> int:
+        self.reads += 1
+        return 2 if self.reads == 1 else 0
+
+
+def test_a_replayed_image_reads_every_input_from_the_loop_buffers(models, image):
+    nets = GraphNetworks(models, "cpu", F32, own_models=False)
+    options = PipelineOptions(steps=3)
+    pipe = RecursivePipeline(nets, "cpu", options)
+    runner = pipe._run_steps = StepsReplayedOnCpu(pipe)
+    pipe.run(image, seed=3)                                   # eager run, then "capture"
+    other = torch.flip(image, dims=[-1])
+    replayed = pipe.run(other, seed=4)
+    assert runner.report() | {"capture_s": None} == {
+        "graphs": 3, "capture_s": None, "captures": 1, "replayed_images": 1}
+    fresh = RecursivePipeline(nets, "cpu", options).run(other, seed=4)
+    # A stale buffer (image A's latents, condition latent, constants or features) changes the
+    # views entirely; the same fp32 ops in the same order give the same bits.
+    assert torch.equal(replayed.views, fresh.views)
+    assert torch.equal(replayed.gaussians, fresh.gaussians)
+
+    runner.budget = OverflowOnce()                            # the next replay overflows once
+    restarted = pipe.run(other, seed=4)
+    assert runner.captures == 2 and runner.replayed_images == 1
+    assert torch.equal(restarted.views, fresh.views)          # started again from its inputs
+    assert torch.equal(pipe.run(other, seed=4).views, fresh.views) and runner.replayed_images == 2
 
 
 # ---------------------------------------------------------------------------------------- CUDA
