@@ -52,9 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engines", metavar="DIR", default=os.environ.get("ORT3D_ENGINES"),
                    help="artefact folder from `ort3d-build` (manifest.json) for the exported "
                         "backends (env ORT3D_ENGINES); default: the per-user cache")
-    p.add_argument("--renderer", choices=tuple(RENDERERS), default="torch",
-                   help="feedback renderer: " + "; ".join(f"{k.name}: {k.summary}"
-                                                          for k in RENDERERS.values()))
+    p.add_argument("--renderer", choices=tuple(RENDERERS), default=None,
+                   help="feedback renderer (default: torch; triton for --backend graph on CUDA): "
+                        + "; ".join(f"{k.name}: {k.summary}" for k in RENDERERS.values()))
     add_temporal_context_argument(p)
     p.add_argument("--exact-final-decode", action="store_true",
                    help="decode the final latents again instead of reusing the last step's decode")

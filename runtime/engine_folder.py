@@ -61,6 +61,7 @@ def engine_folder(request, formats: tuple[str, ...]) -> Path:
     log(f"engines for {request.preset.name} ({', '.join(formats)}) in {folder}; missing ones are "
         "built now (first use only)")
     options = BuildOptions(onnx_only="engine" not in formats,
+                           formats=("aoti",) if "aoti" in formats else ("onnx",),
                            temporal_context=request.temporal_context)
     # Graphs are exported from fp32 weights whatever --dtype says (docs/precision.md): prebuilt
     # models are reused only when they are fp32.

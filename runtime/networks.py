@@ -280,12 +280,22 @@ def _trt(request: NetworkRequest) -> Networks:
                        temporal_context=request.temporal_context)
 
 
+def _aoti(request: NetworkRequest) -> Networks:
+    from ort3d.runtime.backend_aoti import AotiNetworks
+    from ort3d.runtime.engine_folder import engine_folder
+
+    folder = engine_folder(request, formats=("aoti",))
+    return AotiNetworks(folder, request.preset, device=request.device,
+                        temporal_context=request.temporal_context)
+
+
 BACKENDS: dict[str, Backend] = {b.name: b for b in (
     Backend("eager", "our PyTorch modules: the reference", lambda request: None, _eager),
     Backend("graph", "our modules in fp16 (VAE bf16), the loop replayed as CUDA graphs on CUDA "
             "(with the triton renderer)", lambda request: None, _graph, cuda_renderer="triton"),
     Backend("ort", "exported ONNX graphs in ONNX Runtime", _ort_unavailable, _ort),
     Backend("trt", "TensorRT engines", _trt_unavailable, _trt),
+    Backend("aoti", "AOTInductor packages, the C++ host's engine files", lambda request: None, _aoti),
 )}
 REFERENCE_BACKEND = "eager"
 

@@ -10,7 +10,7 @@ import torch
 
 from ort3d.runtime import outputs
 from ort3d.runtime.cli_common import EXIT_INPUT, EXIT_OK, EXIT_RUNTIME, default_preset, versions
-from ort3d.runtime.networks import make_networks, precision_policy
+from ort3d.runtime.networks import default_renderer, make_networks, precision_policy
 from ort3d.runtime.pipeline import PipelineOptions, RecursivePipeline
 from ort3d.runtime.preprocess import InputError, preprocess
 from ort3d.runtime.timing import RunError
@@ -38,7 +38,8 @@ class Runner:
         nets = make_networks(args.backend, preset, device, checkpoint=args.checkpoint,
                              svd=args.svd, dtype=args.dtype, engines=args.engines,
                              temporal_context=args.temporal_context)
-        options = PipelineOptions(steps=args.steps, renderer=args.renderer,
+        renderer = args.renderer or default_renderer(args.backend, device)
+        options = PipelineOptions(steps=args.steps, renderer=renderer,
                                   overlap_tiles_per_gaussian=args.overlap_tiles,
                                   exact_final_decode=args.exact_final_decode,
                                   check_every_stage=args.check_every_stage)
@@ -56,7 +57,7 @@ class Runner:
             "autocast_dtype": (str(autocast_dtype).removeprefix("torch.")
                                if eager and autocast_dtype is not None else None),
             "backend": args.backend, "engines": str(getattr(nets, "directory", "")) or None,
-            "renderer": args.renderer, "temporal_context": nets.temporal_context,
+            "renderer": renderer, "temporal_context": nets.temporal_context,
             "exact_final_decode": args.exact_final_decode,
             "orbit_frames": 0 if args.no_video else args.orbit_frames,
             "elevation": args.elevation, "rembg": args.rembg,

@@ -22,10 +22,8 @@ from ort3d.export.specs import network_specs
 from ort3d.models.presets import TINY
 from ort3d.models.scheduler import EDMEulerSchedule, ScheduleConfig
 from ort3d.models.version import __version__
-from ort3d.runtime.backend_aoti import AotiNetworks
 from ort3d.runtime.exported_networks import ExportedNetworks
-from ort3d.runtime.outputs import write_ply, write_views_png
-from ort3d.runtime.pipeline import PipelineOptions, RecursivePipeline
+from ort3d.runtime.outputs import write_ply
 from ort3d.runtime.preprocess import preprocess
 
 REPO = Path(__file__).resolve().parents[2]
@@ -208,34 +206,27 @@ def host_outputs(host_build, aoti_engines, tmp_path_factory):
     return out
 
 
-def _python_outputs(nets, out):
-    """What ort3d-run writes (views grid, raw .ply) for the same image, steps and seed."""
-    out.mkdir()
-    pipeline = RecursivePipeline(nets, "cpu", PipelineOptions(steps=STEPS, timing=False))
-    pre = preprocess(EXAMPLE, nets.preset.image_size)
-    result = pipeline.run(pre.image, SEED)
-    write_views_png(out / "coffee_views.png", result.views, pre.input_image)
-    write_ply(out / "coffee.ply", result.gaussians, layout="raw")
-    return out
-
-
 @pytest.mark.parametrize("reference", ["aoti", "eager"])
-def test_host_matches_python(host_outputs, aoti_engines, tmp_path, reference):
-    """ort3d-host against the Python loop on the same packages (aoti) and on the eager modules,
-    3 steps, same seed. The C++ host runs the feedback package (static-shape renderer), Python
-    the reference renderer: equal up to float32 rounding, which the recursion amplifies; the
-    AOTInductor kernels differ from eager by ~1e-6 per network (tests of backend_aoti).
+def test_host_matches_ort3d_run(host_outputs, aoti_engines, tmp_path, reference):
+    """ort3d-host against `ort3d-run --backend aoti` on the same packages and against
+    `ort3d-run --backend eager` (the same tiny random weights), 3 steps, same seed. The C++ host
+    runs the feedback package (static-shape renderer), ort3d-run the reference renderer: equal
+    up to float32 rounding, which the recursion amplifies; the AOTInductor kernels differ from
+    eager by ~1e-6 per network (tests of backend_aoti).
     Gaussians: ‖host − python‖ / ‖python‖ over the raw .ply columns <= 1e-4; views >= 40 dB
     (measured: 1.4e-6 and 87 dB against aoti, 2.7e-5 and 74 dB against eager)."""
-    from ort3d.runtime.networks import EagerNetworks
+    from ort3d.runtime import cli
 
-    nets = (AotiNetworks(aoti_engines.dir) if reference == "aoti"
-            else EagerNetworks(aoti_engines.models, "cpu"))
-    python = _python_outputs(nets, tmp_path / reference)
-    host, ref = _ply_columns(host_outputs / "coffee.ply"), _ply_columns(python / "coffee.ply")
+    out = tmp_path / reference
+    engines = ["--engines", str(aoti_engines.dir)] if reference == "aoti" else []
+    code = cli.main([str(EXAMPLE), "--backend", reference, *engines, "--out", str(out),
+                     "--steps", str(STEPS), "--seed", str(SEED), "--ply-raw", "--no-video",
+                     "--quiet", "--device", "cpu"])
+    assert code == 0
+    host, ref = _ply_columns(host_outputs / "coffee.ply"), _ply_columns(out / "coffee.ply")
     assert host.shape == ref.shape
     assert np.linalg.norm(host - ref) / np.linalg.norm(ref) <= 1e-4
-    assert _views_psnr(host_outputs / "coffee_views.png", python / "coffee_views.png") >= 40.0
+    assert _views_psnr(host_outputs / "coffee_views.png", out / "coffee_views.png") >= 40.0
 
 
 def test_host_output_files(host_outputs):
