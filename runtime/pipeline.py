@@ -89,9 +89,10 @@ class RecursivePipeline:
                                    size, size, self.device),
             matmul_dtype=self.ccm_dtype, overlap_tiles=self.options.overlap_tiles_per_gaussian,
             dtype=getattr(nets, "feedback_dtype", torch.float32))   # the adapters' input dtype
-        # A backend may run the steps its own way (graph: replayed CUDA graphs of `step`).
-        steps_runner = getattr(nets, "steps_runner", None)
-        self._run_steps = steps_runner(self) if steps_runner is not None else self.run_steps_eagerly
+        # A backend may run the steps its own way (graph: replayed CUDA graphs of `step`; its
+        # runner's report() says what it captured and replayed).
+        make_runner = getattr(nets, "steps_runner", None)
+        self.steps_runner = make_runner(self) if make_runner is not None else self.run_steps_eagerly
 
     # ---------------------------------------------------------------- once per image
     def prepare(self, image: torch.Tensor, seed: int) -> "LoopState":
@@ -179,7 +180,7 @@ class RecursivePipeline:
     def run(self, image: torch.Tensor, seed: int, progress=None) -> RunResult:
         """prepare → steps → finish. progress: optional callable(step_index) after each step."""
         state = self.prepare(image, seed)
-        self._run_steps(state, progress)
+        self.steps_runner(state, progress)
         return self.finish(state)
 
     def run_steps_eagerly(self, state: "LoopState", progress=None) -> None:

@@ -182,7 +182,7 @@ def test_a_replayed_image_reads_every_input_from_the_loop_buffers(models, image)
     nets = GraphNetworks(models, "cpu", F32, own_models=False)
     options = PipelineOptions(steps=3)
     pipe = RecursivePipeline(nets, "cpu", options)
-    runner = pipe._run_steps = StepsReplayedOnCpu(pipe)
+    runner = pipe.steps_runner = StepsReplayedOnCpu(pipe)
     pipe.run(image, seed=3)                                   # eager run, then "capture"
     other = torch.flip(image, dims=[-1])
     replayed = pipe.run(other, seed=4)
@@ -216,7 +216,7 @@ def test_a_replayed_image_equals_its_eager_run_on_cuda(image):
     other = torch.flip(image, dims=[-1])
     first = pipe.run(image, seed=3)
     replayed = pipe.run(other, seed=4)
-    runner = pipe._run_steps
+    runner = pipe.steps_runner
     assert runner.report()["captures"] == 1 and runner.report()["replayed_images"] == 1
     assert first.timings.once[CAPTURE_STAGE] > 0 and CAPTURE_STAGE not in replayed.timings.once
     fresh = RecursivePipeline(nets, "cuda", options).run(other, seed=4)
@@ -233,7 +233,7 @@ def test_replay_does_not_sync_on_cuda(image):
     nets = make_networks("graph", TINY, "cuda", dtype="auto")
     pipe = RecursivePipeline(nets, "cuda", PipelineOptions(steps=3, renderer="triton", timing=False))
     pipe.run(image, seed=0)                                  # eager run + capture
-    runner = pipe._run_steps
+    runner = pipe.steps_runner
     state = pipe.prepare(image, seed=1)
     runner._adopt(state)
     torch.cuda.synchronize()
