@@ -44,18 +44,21 @@ class Runner:
                                   exact_final_decode=args.exact_final_decode,
                                   check_every_stage=args.check_every_stage)
         pipeline = RecursivePipeline(nets, device, options)
-        eager = args.backend == "eager"
+        # eager and graph run our modules (graph holds them in its compute dtype, no autocast); the
+        # exported backends run what their graphs/engines hold (see their manifest).
+        ours = args.backend in ("eager", "graph")
         weight_dtype, autocast_dtype = precision_policy(args.dtype, device)
+        if args.backend == "graph":
+            weight_dtype, autocast_dtype = nets.dtype, None
         settings = {
             "preset": nets.preset.name, "checkpoint": args.checkpoint, "svd": args.svd,
             "weights": getattr(getattr(nets, "models", None), "sources", None),
             "steps": args.steps, "seed": args.seed, "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            # The exported backends run what their graphs/engines hold (see their manifest).
-            "dtype": args.dtype if eager else None,
-            "weight_dtype": str(weight_dtype).removeprefix("torch.") if eager else None,
+            "dtype": args.dtype if ours else None,
+            "weight_dtype": str(weight_dtype).removeprefix("torch.") if ours else None,
             "autocast_dtype": (str(autocast_dtype).removeprefix("torch.")
-                               if eager and autocast_dtype is not None else None),
+                               if ours and autocast_dtype is not None else None),
             "backend": args.backend, "engines": str(getattr(nets, "directory", "")) or None,
             "renderer": renderer, "temporal_context": nets.temporal_context,
             "exact_final_decode": args.exact_final_decode,
@@ -111,6 +114,8 @@ class Runner:
             report = {
                 "input": str(path), "settings": self.settings, "versions": versions(),
                 "background": pre.background, "renderer": pipeline.renderer.report(),
+                # CUDA graphs of the graph backend: how many, capture time, replayed images.
+                "graph_loop": getattr(pipeline.steps_runner, "report", lambda: None)(),
                 "notes": pre.notes, "num_gaussians": int(result.gaussians.shape[0]),
                 "num_gaussians_written": kept, "timings": timings,
                 "wall_s": time.perf_counter() - started,

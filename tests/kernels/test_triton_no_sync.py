@@ -1,11 +1,11 @@
 """The Triton render path never reads a device value on the host (CUDA-graph capturable)."""
 
-import contextlib
 import os
 
 import pytest
 import torch
 
+from host_sync import HostReadError, NoHostReads, UncheckedLaunch
 from kernel_helpers import INTRINSICS
 from ort3d.kernels import triton_binning, triton_composite, triton_project
 from ort3d.kernels.feedback_dispatch import prepare_render_cameras, render_feedback
@@ -13,51 +13,6 @@ from ort3d.kernels.synthetic_gaussians import lgm_like_gaussians, look_at_c2w
 from ort3d.kernels.triton_render import OverlapBudget
 
 H, W = 32, 32
-# Every way Python code can pull a tensor's value to the host.
-HOST_READS = ("item", "cpu", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__")
-
-
-class HostReadGuard:
-    """Makes the host-read methods of torch.Tensor raise while active."""
-
-    def __init__(self):
-        self.saved = {name: getattr(torch.Tensor, name) for name in HOST_READS}
-
-    def _forbid(self, name):
-        def raiser(*args, **kwargs):
-            raise AssertionError(f"host read Tensor.{name} inside the render path")
-        return raiser
-
-    def __enter__(self):
-        for name in HOST_READS:
-            setattr(torch.Tensor, name, self._forbid(name))
-        return self
-
-    def __exit__(self, *exc):
-        for name, method in self.saved.items():
-            setattr(torch.Tensor, name, method)
-
-    @contextlib.contextmanager
-    def paused(self):
-        self.__exit__()
-        try:
-            yield
-        finally:
-            self.__enter__()
-
-
-class InterpreterLaunch:
-    """A kernel whose launches run unguarded: the CPU interpreter itself copies tensors to numpy,
-    which a real GPU launch never does."""
-
-    def __init__(self, kernel, guard):
-        self.kernel, self.guard = kernel, guard
-
-    def __getitem__(self, grid):
-        def launch(*args, **kwargs):
-            with self.guard.paused():
-                return self.kernel[grid](*args, **kwargs)
-        return launch
 
 
 def cameras(device):
@@ -71,12 +26,13 @@ def test_no_host_reads_in_the_triton_render_path(monkeypatch):
     gaussians = lgm_like_gaussians(num=96, seed=7)
     cams = cameras("cpu")
     budget = OverlapBudget.for_scene(2, 96)
-    guard = HostReadGuard()
+    guard = NoHostReads()
+    # The CPU interpreter copies tensors to numpy itself, which a GPU launch never does.
     for module, name in ((triton_project, "_project_kernel"), (triton_binning, "_emit_kernel"),
                          (triton_composite, "_composite_kernel")):
-        monkeypatch.setattr(module, name, InterpreterLaunch(getattr(module, name), guard))
+        monkeypatch.setattr(module, name, UncheckedLaunch(getattr(module, name), guard))
     with guard:
-        with pytest.raises(AssertionError, match="Tensor.item"):
+        with pytest.raises(HostReadError, match="_local_scalar_dense"):
             torch.ones(1).item()                                   # the guard is live
         out = render_feedback(gaussians, cams, renderer="triton", want_images=True, budget=budget)
     budget.check()
