@@ -35,7 +35,12 @@ DTYPES = ("auto", "fp32", "fp16", "bf16")
 
 
 class Networks(Protocol):
-    """What the loop calls; see the module docstring for the shapes."""
+    """What the loop calls; see the module docstring for the shapes.
+
+    Two optional hooks a backend may add (runtime/pipeline.py reads them with getattr):
+    `feedback_dtype`, the dtype its adapters take the feedback maps in (default float32), and
+    `steps_runner(pipeline)`, a callable(state, progress) that runs the steps its own way (graph:
+    replayed CUDA graphs)."""
 
     name: str
     preset: Preset

@@ -78,7 +78,7 @@ class RecursivePipeline:
         lo, hi = self.options.guidance
         self.guidance = torch.linspace(lo, hi, views, device=self.device).view(1, views, 1, 1, 1)
         # The reference's CCM matmul runs under autocast (fp16 on CUDA: Q5); follow the backend.
-        self.ccm_dtype = ccm_matmul_dtype(getattr(nets, "autocast_dtype", None))
+        self.ccm_dtype = ccm_matmul_dtype(nets.autocast_dtype)
         self.cameras = load_feedback_cameras().to(self.device)
         size = self.preset.image_size
         # The renderer owns its cameras (inverted here, once: that syncs on CUDA), its overlap
