@@ -25,6 +25,7 @@ and other optional packages load only then). The loop calls:
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import importlib
 import importlib.util
@@ -93,7 +94,7 @@ def prepare_render_cameras(c2w: torch.Tensor, fov_deg, intrinsics_norm: torch.Te
                          intrinsics_norm.float().to(device), height, width)
 
 
-class FeedbackRenderer:
+class FeedbackRenderer(abc.ABC):
     """Gaussians [B,N,14] → the adapters' (rgb, ccm), each [B·V,192,H/8,W/8] in `dtype`.
 
     matmul_dtype float16 reproduces the reference's autocast CCM (Q5); background is the RGB
@@ -119,10 +120,10 @@ class FeedbackRenderer:
         out = self.render(gaussians, timer=timer, step=step)
         return out.rgb, out.ccm
 
+    @abc.abstractmethod
     def render(self, gaussians: torch.Tensor, want_images: bool = False,
                timer: StageClock | None = None, step: int | None = None) -> FeedbackOutput:
         """The feedback maps, and the plain render too if want_images."""
-        raise NotImplementedError
 
     def start_run(self) -> None:
         """Forget the previous run's records (called once per image, before its first step)."""
@@ -145,8 +146,9 @@ class ImageFeedbackRenderer(FeedbackRenderer):
     """A kind that renders plain images, then the reference's CCM and unshuffle
     (`feedback.feedback_maps`); timed as the stages `render` and `feedback`."""
 
+    @abc.abstractmethod
     def render_images(self, gaussians: torch.Tensor) -> RenderOutput:
-        raise NotImplementedError
+        """The plain [B,V,...] rgb/alpha/depth render."""
 
     def render(self, gaussians, want_images=False, timer=None, step=None) -> FeedbackOutput:
         cams = self.cameras
