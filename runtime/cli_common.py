@@ -57,7 +57,8 @@ def add_device_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=DTYPES, default="auto",
                         help="auto: fp32 weights under fp16 autocast on CUDA (the reference's "
                              "policy, docs/precision.md), fp32 on CPU; fp16/bf16: weights and "
-                             "autocast in that dtype; fp32: fp32 without autocast")
+                             "autocast in that dtype (the VAE in bf16 or fp32, as its "
+                             "force_upcast asks); fp32: fp32 without autocast")
 
 
 def resolve_device(name: str):
