@@ -82,8 +82,10 @@ class GsplatBinned(NamedTuple):
     flatten_ids: Tensor    # [M] int32 flat (view, Gaussian) index, sorted by (view, tile, depth)
 
 
+@functools.cache
 def gsplat_version() -> tuple[int, ...] | None:
-    """The installed gsplat's (major, minor), or None when it is not installed."""
+    """The installed gsplat's (major, minor), or None when it is not installed. Cached: reading
+    the package metadata scans sys.path, and the one-shot `render_feedback` asks on every call."""
     try:
         text = importlib.metadata.version("gsplat")
     except importlib.metadata.PackageNotFoundError:
