@@ -216,7 +216,7 @@ def composite_tiles(projected: Projected, binned: Binned, colors: Tensor, opacit
         listed = rank < count[:, None]                                        # [A,k]
         gid = binned.gaussian_ids[(binned.tile_start[active, None] + rank).clamp(max=last_entry)]
         # Padding past a tile's list gets opacity 0, hence α = 0: it changes nothing.
-        chunk_opacity = torch.where(listed, opacity_bvn[gid], torch.zeros_like(opacity_bvn[gid]))
+        chunk_opacity = opacity_bvn[gid].masked_fill(~listed, 0.0)
         alpha = _chunk_alpha(means[gid], conic[gid], chunk_opacity, origin_x[active], origin_y[active])
 
         T0, was_done = T[active], done[active]
@@ -246,10 +246,7 @@ def composite_tiles(projected: Projected, binned: Binned, colors: Tensor, opacit
         alive = (count > offset) & ~done[active].all(1)
         active = active[alive]
 
-    bg = torch.as_tensor(background, dtype=torch.float32, device=device).reshape(1, 3, 1)
-    rgb = (acc[:, 0:3] + T[:, None] * bg).clamp(0.0, 1.0)
-    untile = lambda x: _untile(x, B, V, tiles_y, tiles_x, height, width)  # noqa: E731
-    return RenderOutput(rgb=untile(rgb), alpha=untile(acc[:, 4:5]), depth=untile(acc[:, 3:4]))
+    return tiles_to_images(acc, T, background, B, V, tiles_y, tiles_x, height, width)
 
 
 def blend_inputs(projected: Projected, colors: Tensor, opacity: Tensor):
@@ -286,6 +283,16 @@ def _chunk_alpha(means: Tensor, conic: Tensor, opacity: Tensor, origin_x: Tensor
     positive = power > 0
     alpha = power.exp_().mul_(opacity[..., None]).clamp_(max=ALPHA_MAX)
     return alpha.masked_fill_(positive | (alpha < ALPHA_MIN), 0.0)
+
+
+def tiles_to_images(acc: Tensor, T: Tensor, background, B: int, V: int, tiles_y: int, tiles_x: int,
+                    height: int, width: int) -> RenderOutput:
+    """The images from the tile-major accumulators acc [tiles,5,256] (rgb, depth, Σα·T) and the
+    final transmittance T [tiles,256]: rgb over `background`, clamped to [0,1]."""
+    bg = torch.as_tensor(background, dtype=torch.float32, device=acc.device).reshape(1, 3, 1)
+    rgb = (acc[:, 0:3] + T[:, None] * bg).clamp(0.0, 1.0)
+    untile = lambda x: _untile(x, B, V, tiles_y, tiles_x, height, width)  # noqa: E731
+    return RenderOutput(rgb=untile(rgb), alpha=untile(acc[:, 4:5]), depth=untile(acc[:, 3:4]))
 
 
 def _untile(x: Tensor, B: int, V: int, tiles_y: int, tiles_x: int, height: int, width: int) -> Tensor:

@@ -24,8 +24,8 @@ import torch
 from torch import Tensor
 from torch._higher_order_ops import while_loop
 
-from ort3d.kernels.render import (T_MIN, TILE, RenderOutput, _chunk_alpha, _untile,
-                                  blend_inputs, project_gaussians, tile_grid, tile_origins)
+from ort3d.kernels.render import (T_MIN, TILE, RenderOutput, _chunk_alpha, blend_inputs,
+                                  project_gaussians, tile_grid, tile_origins, tiles_to_images)
 
 DEFAULT_CHUNK = 128
 
@@ -76,7 +76,7 @@ def composite_static(projected, colors: Tensor, opacity: Tensor, height: int, wi
         rank = offset + torch.arange(chunk, device=device)
         gid = padded.gather(1, rank.expand(num_tiles, chunk))                     # [T,k]
         listed = rank < count[:, None]
-        chunk_opacity = torch.where(listed, opacity_bvn[gid], torch.zeros_like(opacity_bvn[gid]))
+        chunk_opacity = opacity_bvn[gid].masked_fill(~listed, 0.0)
         alpha = _chunk_alpha(means[gid], conic[gid], chunk_opacity, origin_x, origin_y)
         # As composite_tiles: T_incl[:, j] = T0·(1−α_0)···(1−α_{j−1}); finished pixels start at 0.
         T_incl = torch.cat([T.masked_fill(done, 0.0)[:, None], 1.0 - alpha], 1).cumprod(1)
@@ -95,10 +95,7 @@ def composite_static(projected, colors: Tensor, opacity: Tensor, height: int, wi
              torch.zeros(num_tiles, 5, pixels, device=device))
     _, T, done, acc = while_loop(unfinished, blend, state)
 
-    bg = torch.as_tensor(background, dtype=torch.float32, device=device).reshape(1, 3, 1)
-    rgb = (acc[:, 0:3] + T[:, None] * bg).clamp(0.0, 1.0)
-    untile = lambda x: _untile(x, B, V, tiles_y, tiles_x, height, width)  # noqa: E731
-    return RenderOutput(rgb=untile(rgb), alpha=untile(acc[:, 4:5]), depth=untile(acc[:, 3:4]))
+    return tiles_to_images(acc, T, background, B, V, tiles_y, tiles_x, height, width)
 
 
 def render_gaussians_static(gaussians: Tensor, w2c: Tensor, K: Tensor, height: int, width: int,
