@@ -46,6 +46,7 @@ from triton.runtime.jit import JITFunction, create_function_from_signature
 
 import ort3d.kernels
 from ort3d.kernels.feedback_dispatch import prepare_render_cameras, render_feedback, renderer_kind
+from ort3d.kernels.render_constants import UNSHUFFLE
 from ort3d.kernels.synthetic_gaussians import look_at_c2w
 from ort3d.kernels.triton_project import project_gaussians_triton
 from ort3d.kernels.triton_render import OverlapBudget, render_gaussians_triton, with_headroom
@@ -300,8 +301,9 @@ def parse_scene(text: str) -> Scene:
         views, gaussians, side = (int(v) for v in numbers.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"scene must be NAME=VIEWS,GAUSSIANS,SIDE, got {text!r}") from None
-    if not name or min(views, gaussians, side) < 1 or side % 8:
-        raise argparse.ArgumentTypeError(f"scene needs a name, positive sizes and a side divisible by 8: {text!r}")
+    if not name or min(views, gaussians, side) < 1 or side % UNSHUFFLE:
+        raise argparse.ArgumentTypeError(f"scene needs a name, positive sizes and a side divisible by "
+                                         f"{UNSHUFFLE}: {text!r}")
     return Scene(name, views, gaussians, side)
 
 
