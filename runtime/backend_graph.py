@@ -32,7 +32,7 @@ from __future__ import annotations
 import copy
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch.utils._pytree import tree_map
@@ -40,8 +40,9 @@ from torch.utils._pytree import tree_map
 from ort3d.kernels.feedback_dispatch import RendererUnavailable
 from ort3d.models.cameras import FeedbackCameras
 from ort3d.models.mv_unet import DEFAULT_TEMPORAL_CONTEXT, check_temporal_context
-from ort3d.runtime.networks import DTYPES, autocast_context, default_renderer, vae_precision
+from ort3d.runtime.networks import autocast_context, default_renderer, precision_policy, vae_precision
 from ort3d.runtime.pipeline import write_into
+from ort3d.runtime.timing import FiniteGuard, StageTimer
 
 CAPTURE_STAGE = "graph_capture"   # the once-stage timing a capture of the loop (run.json, bench)
 
@@ -52,12 +53,10 @@ class GraphRendererError(RendererUnavailable):
 
 
 def graph_dtype(dtype: str, device) -> torch.dtype:
-    """The dtype the graph backend's loop networks hold and compute in, for a `--dtype` name."""
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    if dtype == "fp32" or (dtype == "auto" and torch.device(device).type != "cuda"):
-        return torch.float32
-    return torch.bfloat16 if dtype == "bf16" else torch.float16
+    """The dtype the graph backend's loop networks hold and compute in, for a `--dtype` name: the
+    eager policy's autocast dtype (`auto` on CUDA: fp16), held as weights; fp32 where it has none."""
+    _, autocast_dtype = precision_policy(dtype, device)
+    return autocast_dtype or torch.float32
 
 
 @dataclass(frozen=True)
@@ -324,8 +323,6 @@ class CudaGraphSteps:
         return self.budget is not None and self.budget.peak_needed() > self.budget.capacity
 
     def _restore(self, state, start: dict) -> None:
-        from ort3d.runtime.timing import FiniteGuard, StageTimer
-
         pipe = self.pipeline
         for name, value in start.items():
             setattr(state, name, copy_or_keep(getattr(self.buffers, name), value))
@@ -341,11 +338,9 @@ LOOP_TENSORS = ("latents", "latent_cfg", "time_ids", "features", "gaussians", "d
 
 def create_graph_networks(request) -> GraphNetworks:
     """The BACKENDS entry: own fp32 models cast once, or copies of the caller's shared models."""
-    import dataclasses
-
     dtype = graph_dtype(request.dtype, request.device)
     own = request.models is None
-    models = dataclasses.replace(request, dtype="fp32").weights() if own else request.models
+    models = replace(request, dtype="fp32").weights() if own else request.models
     return GraphNetworks(models, request.device, dtype, own_models=own,
                          temporal_context=request.temporal_context,
                          settings=GraphSettings.from_environment())

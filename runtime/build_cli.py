@@ -21,6 +21,8 @@ from ort3d.runtime.cli_common import (
 )
 
 PROG = "ort3d-build"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ort3d.export.build import PRECISIONS
     from ort3d.export.specs import NETWORK_NAMES
