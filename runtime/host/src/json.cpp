@@ -88,12 +88,25 @@ class Parser {
     return value;
   }
 
-  void parse_object(Value& value, int depth) {
-    value.type = Type::Object;
+  // "<open> [item (',' item)*] <close>" with pos_ on <open>; read_item parses one member.
+  template <typename ReadItem>
+  void parse_sequence(char close, ReadItem read_item) {
     ++pos_;
     skip_space();
-    if (peek() == '}') { ++pos_; return; }
+    if (peek() == close) { ++pos_; return; }
     while (true) {
+      read_item();
+      skip_space();
+      char c = peek();
+      ++pos_;
+      if (c == close) return;
+      if (c != ',') { --pos_; fail(std::string("expected ',' or '") + close + "'"); }
+    }
+  }
+
+  void parse_object(Value& value, int depth) {
+    value.type = Type::Object;
+    parse_sequence('}', [&] {
       skip_space();
       if (peek() != '"') fail("expected a string key");
       std::string key = parse_string();
@@ -102,27 +115,12 @@ class Parser {
       if (peek() != ':') fail("expected ':'");
       ++pos_;
       value.object.emplace_back(std::move(key), parse_value(depth + 1));
-      skip_space();
-      char c = peek();
-      ++pos_;
-      if (c == '}') return;
-      if (c != ',') { --pos_; fail("expected ',' or '}'"); }
-    }
+    });
   }
 
   void parse_array(Value& value, int depth) {
     value.type = Type::Array;
-    ++pos_;
-    skip_space();
-    if (peek() == ']') { ++pos_; return; }
-    while (true) {
-      value.array.push_back(parse_value(depth + 1));
-      skip_space();
-      char c = peek();
-      ++pos_;
-      if (c == ']') return;
-      if (c != ',') { --pos_; fail("expected ',' or ']'"); }
-    }
+    parse_sequence(']', [&] { value.array.push_back(parse_value(depth + 1)); });
   }
 
   unsigned hex4() {

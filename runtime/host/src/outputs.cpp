@@ -2,7 +2,6 @@
 // the 3DGS .ply, both written under a temporary name and renamed into place.
 #include <png.h>
 
-#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <random>

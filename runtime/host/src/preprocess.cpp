@@ -24,6 +24,8 @@ torch::Tensor block_average(const torch::Tensor& img, int ix, int iy, int width,
   auto dst = out.accessor<float, 3>();
   const float inverse = static_cast<float>(1.0 / (ix * iy));
   const bool simd = ix == 2 && iy == 2 && channels == 4;
+  std::vector<float> pixels;  // one block's values, reused for every output pixel
+  pixels.reserve(static_cast<size_t>(ix) * iy);
   for (int y = 0; y < height; ++y) {
     for (int x = 0; x < width; ++x) {
       for (int c = 0; c < channels; ++c) {
@@ -34,7 +36,7 @@ torch::Tensor block_average(const torch::Tensor& img, int ix, int iy, int width,
           continue;
         }
         // The scalar loop: block pixels in row-major order, added four at a time.
-        std::vector<float> pixels;
+        pixels.clear();
         for (int sy = 0; sy < iy; ++sy) {
           for (int sx = 0; sx < ix; ++sx) pixels.push_back(src[y * iy + sy][x * ix + sx][c]);
         }
