@@ -49,23 +49,20 @@ def compare(network: str, outputs: dict[str, torch.Tensor], reference: dict[str,
 
 
 def verify_network(spec: NetworkSpec, module: torch.nn.Module, onnx_path: Path, seed: int,
-                   tolerance: float | None = None, session=None,
                    precision: str = "fp32") -> list[VerifyRow]:
     """module: the fp32 export wrapper; the graph at `onnx_path` was exported in `precision`,
-    and is compared with the module in that precision, at RELATIVE_TOLERANCES[precision]
-    unless `tolerance` is given."""
+    and is compared with the module in that precision, at RELATIVE_TOLERANCES[precision]."""
     module = module_in_precision(spec, module, precision)
-    tolerance = RELATIVE_TOLERANCES[precision] if tolerance is None else tolerance
     inputs = spec.sample_inputs(seed)
     device = next(module.parameters()).device
     with torch.no_grad():
         result = module(*(inputs[n].to(device) for n in spec.input_names))
     result = result if isinstance(result, tuple) else (result,)
     reference = dict(zip(spec.output_names, result))
-    session = session or create_session(onnx_path, ["CPUExecutionProvider"])
+    session = create_session(onnx_path, ["CPUExecutionProvider"])
     values = session.run(spec.output_names, {k: v.numpy() for k, v in inputs.items()})
     outputs = {name: torch.from_numpy(v) for name, v in zip(spec.output_names, values)}
-    return compare(spec.name, outputs, reference, tolerance)
+    return compare(spec.name, outputs, reference, RELATIVE_TOLERANCES[precision])
 
 
 def format_table(rows: list[VerifyRow]) -> str:
