@@ -1,10 +1,11 @@
 """`python bench/trt_check.py`: the TensorRT device check (needs an NVIDIA GPU and TensorRT 10.12+).
 
-For each preset: export the ONNX graphs and build the engines (export/build_engines.py's code,
-in ARTEFACTS/<preset>), then per network compare the engine with the eager fp32 module on the
-same random inputs (relative error, max-abs) and time both (median of CUDA-event timings), then
-run the recursive loop for --steps steps on the `trt` and the eager backend with the same seed
-and report the PSNR of the 8 views. Prints one table, writes bench/results/trt_check_<gpu>.json.
+For each preset: export the ONNX graphs and build the engines (export/build.py's
+`build_artefacts`, in ARTEFACTS/<preset>), then per network compare the engine with the eager
+fp32 module on the same random inputs (relative error, max-abs) and time both (median of
+CUDA-event timings), then run the recursive loop for --steps steps on the `trt` and the eager
+backend with the same seed and report the PSNR of the 8 views. Prints one table, writes
+bench/results/trt_check_<gpu>.json.
 
     python bench/trt_check.py --presets tiny                       # a few minutes
     python bench/trt_check.py --presets tiny,full --checkpoint CKPT --svd SVD --precision fp16
@@ -89,8 +90,6 @@ def check_preset(name: str, args) -> list[dict]:
         views[nets.name] = result.views
     rows.append({"preset": name, "network": f"loop ({args.steps} steps)",
                  "views_psnr_db": _psnr(views["trt"], views["eager"])})
-    del trt_nets, models
-    torch.cuda.empty_cache()
     return rows
 
 
@@ -116,6 +115,7 @@ def main(argv=None) -> int:
     rows = []
     for preset in [s for s in args.presets.split(",") if s]:
         rows.extend(check_preset(preset, args))
+        torch.cuda.empty_cache()     # the preset's models and engines went with check_preset
     print(f"\n{identity['gpu_name']} (sm {identity['compute_capability']}), TensorRT "
           f"{identity['tensorrt_version']}, engines {args.precision}")
     print(f"{'preset':<6} {'network':<16} {'prec':<5} {'rel err':>9} {'max abs':>9} "
