@@ -21,7 +21,7 @@ from huggingface_hub.utils import (
     GatedRepoError, HFValidationError, RepositoryNotFoundError, RevisionNotFoundError, validate_repo_id,
 )
 
-from ort3d.models.state_files import CheckpointError, _first_sentence
+from ort3d.models.state_files import CheckpointError, first_sentence
 
 # owner/name[@revision]; the name rules themselves are huggingface_hub's (validate_repo_id).
 _HUB_ID = re.compile(r"(?P<repo>[^/@\s]+/[^/@\s]+)(?:@(?P<revision>[^@\s]+))?")
@@ -104,7 +104,7 @@ def _planned_download(value: str, repo_id: str, revision: str | None, files: Rep
         raise CheckpointError(f"{repo_id}: the repository has no revision {revision!r}") from error
     except Exception as error:   # no connection, Hub down, proxy, ...: the cache may still hold it
         folder = _cached_snapshot(value, repo_id, revision, files,
-                                  why=f"the Hub cannot be reached ({_first_sentence(error)})",
+                                  why=f"the Hub cannot be reached ({first_sentence(error)})",
                                   fix="check the connection")
         return lambda: folder
     wanted, missing = files.choose(listing)
@@ -117,7 +117,7 @@ def _planned_download(value: str, repo_id: str, revision: str | None, files: Rep
             return Path(snapshot_download(repo_id, revision=revision, allow_patterns=wanted))
         except Exception as error:   # disk full, connection lost mid-way, ...
             raise CheckpointError(f"{_at(repo_id, revision)}: download into {constants.HF_HUB_CACHE} "
-                                  f"failed ({_first_sentence(error)})") from error
+                                  f"failed ({first_sentence(error)})") from error
     return download
 
 

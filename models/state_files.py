@@ -23,7 +23,7 @@ class CheckpointError(Exception):
     """A checkpoint file or folder that cannot be used; the one-line message names the file."""
 
 
-def _first_sentence(error: BaseException) -> str:
+def first_sentence(error: BaseException) -> str:
     """'Type: first sentence' of an exception, short enough for a one-line message."""
     text = str(error).strip().split("\n")[0].split(". ")[0][:160]
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
@@ -72,7 +72,7 @@ def load_state_file(path) -> dict[str, torch.Tensor]:
         obj = _read(path)
     except Exception as error:  # torch/safetensors raise many types for damaged files
         raise CheckpointError(f"{path}: cannot read weights, the file is truncated, corrupt or not a "
-                              f"checkpoint ({_first_sentence(error)})") from error
+                              f"checkpoint ({first_sentence(error)})") from error
     return _as_state_dict(obj, path)
 
 
