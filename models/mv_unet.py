@@ -245,6 +245,7 @@ class MVModel(nn.Module):
         cameras: {"intrinsics": [B,F,3,3], "extrinsics": c2w [B,F,4,4]}, or plucker from
         `plucker_embeddings`. context: from `context_constants` (built with the same temporal_context).
         """
+        temporal_context = check_temporal_context(temporal_context)
         batch, frames, _, height, width = sample.shape
         levels = len(self.unet.down_blocks)
         if height != width or height % 2 ** (levels - 1):
@@ -265,8 +266,7 @@ class MVModel(nn.Module):
         if cond is not None:
             adapter_features = [encoder(maps.flatten(0, 1).to(sample.dtype))
                                 for encoder, maps in zip(self.cond_encoder, cond)]
-        cross = _CrossAttention(encoder_hidden_states, context, check_temporal_context(temporal_context),
-                                batch, frames)
+        cross = _CrossAttention(encoder_hidden_states, context, temporal_context, batch, frames)
 
         h = unet.conv_in(sample.flatten(0, 1))
         indicator = torch.zeros(batch, frames, dtype=h.dtype, device=h.device)

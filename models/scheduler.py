@@ -112,7 +112,6 @@ class EDMEulerSchedule:
     def num_steps(self) -> int:
         return self.timesteps.shape[0]
 
-
     def scale_input(self, x: torch.Tensor, i) -> torch.Tensor:
         """diffusers' `scale_model_input`: x / sqrt(σ_i² + 1)."""
         sigma = self.sigmas[i]
