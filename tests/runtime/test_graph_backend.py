@@ -2,6 +2,7 @@
 loop shaped for CUDA-graph capture: no host reads in a step, loop state at fixed addresses."""
 
 import functools
+import os
 
 import pytest
 import torch
@@ -116,7 +117,6 @@ def test_a_step_reads_nothing_back_to_the_host(models, image, monkeypatch):
     Triton renderer's host code is checked too; its kernels run unchecked (the CPU interpreter
     copies tensors to numpy, a GPU launch does not), and compositing is launched but not run (the
     interpreter takes minutes on 8 views; tests/kernels/test_triton_no_sync.py runs it)."""
-    import os
     if os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("the CPU variant runs Triton's interpreter (TRITON_INTERPRET=1)")
     nets, pipe, state = _pipeline_with_state(models, image, steps=2, renderer="triton")
