@@ -49,7 +49,7 @@ def read_manifest(path: str | Path) -> dict:
         path = path / MANIFEST_NAME
     if not path.is_file():
         raise ExportError(f"{path}: no engine-set manifest here (build one with "
-                          f"`python export/build_engines.py --out {path.parent}`)")
+                          f"`ort3d-build --out {path.parent}`)")
     try:
         document = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
