@@ -32,6 +32,7 @@ import torch
 
 from ort3d.export.atomic import atomic_path
 from ort3d.export.manifest import MANIFEST_NAME
+from ort3d.kernels.render_constants import FEEDBACK_CHANNELS
 from ort3d.models.checkpoint import build_models
 from ort3d.models.scheduler import MIN_STEPS
 from ort3d.runtime.backend_graph import CAPTURE_STAGE
@@ -316,7 +317,7 @@ def count_flops(nets, pipeline) -> dict[str, float]:
     views, s = preset.num_views, preset.latent_size
     counts = {}
     with torch.inference_mode():
-        zeros = torch.zeros((views, 192, s, s), device=device)   # the unshuffled feedback layout
+        zeros = torch.zeros((views, FEEDBACK_CHANNELS, s, s), device=device)
         features = nets.adapters(zeros, zeros)
         sample = torch.zeros((2, views, 8, s, s), device=device)
         time_ids = torch.zeros((2, 3), device=device)

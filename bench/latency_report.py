@@ -94,10 +94,15 @@ def _tflops(entry: dict, stage: str) -> str:
     return f"{value['tflops']:.2f}" + (f" ({100 * frac:.0f}%)" if frac is not None else "")
 
 
+def _speedup(entry: dict) -> str:
+    speedup = entry["speedup_vs_eager"]   # None when the eager reference itself failed
+    return "-" if speedup is None else f"{speedup['step']:.2f}x"
+
+
 def _quality(entry: dict) -> str:
-    q = entry.get("quality")
-    if not q:
-        return "reference"
+    q = entry["quality"]
+    if q is None:   # the reference's own row, or no reference to compare with
+        return "-" if entry["speedup_vs_eager"] is None else "reference"
     psnr = "identical" if q["views_identical"] else f"{q['views_psnr_db']:.1f} dB"
     return f"{psnr}, G {q['gaussians_rel_error']:.1e}"
 
@@ -119,7 +124,7 @@ def format_table(doc: dict) -> str:
     for name in dict.fromkeys(n for b in ok for n in b["once"]):
         rows.append((f"once: {name}", [_cell(b["once"].get(name)) for b in ok]))
     rows.append(("end-to-end", [_cell(b["end_to_end"]) for b in ok]))
-    rows.append(("step speed-up vs eager", [f"{b['speedup_vs_eager']['step']:.2f}x" for b in ok]))
+    rows.append(("step speed-up vs eager", [_speedup(b) for b in ok]))
     rows.append(("peak memory", [_mib(b) for b in ok]))
     for stage in ("unet", "vae_decode"):
         rows.append((f"{stage} TFLOP/s (of peak)", [_tflops(b, stage) for b in ok]))

@@ -119,6 +119,18 @@ def test_csv_row_and_plot_and_trace_written(bench_run):
     assert doc["backends"][0]["profile"] == {"path": str(out / "trace.json"), "step": 1}
 
 
+def test_table_without_the_eager_reference(bench_run):
+    _, _, doc = bench_run
+    # The eager row failed but another ran: finish_entries leaves it without speed-up or quality.
+    other = {**doc["backends"][0], "name": "ort", "speedup_vs_eager": None, "quality": None}
+    failed = {"name": "eager", "status": "failed", "reason": "RuntimeError: boom", "renderer": "torch"}
+    lines = latency_report.format_table({**doc, "backends": [failed, other]}).splitlines()
+    speedup = next(line for line in lines if line.startswith("step speed-up vs eager"))
+    quality = next(line for line in lines if line.startswith("quality"))
+    assert speedup.split()[-1] == "-" and quality.split()[-1] == "-"
+    assert "failed: eager: RuntimeError: boom" in lines
+
+
 def test_csv_upsert_replaces_the_row_with_the_same_key(tmp_path):
     path = tmp_path / "latency.csv"
     row = lambda backend, dtype, ms, **extra: {"preset": "tiny", "backend": backend, "dtype": dtype,  # noqa: E731
