@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# THE script to run when a GPU is lent: everything ort3d measures on one GPU, in one go, in under
-# 8 minutes on one H100/H200 including its own set-up (bench/README.md, section gpu_check.sh).
+# THE script to run when a GPU is lent: everything ort3d measures on one GPU, in one go, time-boxed
+# to under 8 minutes including its own set-up (bench/README.md, section gpu_check.sh).
 #
 #   bash bench/gpu_check.sh                 # on the GPU host, from anywhere in the repository
 #   bash bench/gpu_check.sh --cpu-dry-run   # here: every step's command on the CPU, tiny sizes
