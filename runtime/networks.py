@@ -317,14 +317,9 @@ def make_networks(backend: str, preset: Preset, device, *, models=None, checkpoi
     and builds what is missing there (runtime/engine_folder.py).
     Raises BackendUnavailable (with the reason) when the backend cannot run here.
     """
-    entry = BACKENDS.get(backend)
-    if entry is None:
-        raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
-    request = NetworkRequest(preset=preset, device=torch.device(device), dtype=dtype,
-                             checkpoint=checkpoint, svd=svd,
-                             engines=Path(engines) if engines is not None else None,
-                             temporal_context=check_temporal_context(temporal_context),
-                             models=models, log=log)
+    entry, request = _backend_request(backend, preset, device, models=models, checkpoint=checkpoint,
+                                      svd=svd, dtype=dtype, engines=engines,
+                                      temporal_context=temporal_context, log=log)
     reason = entry.unavailable(request)
     if reason is not None:
         raise BackendUnavailable(f"backend {backend}: {reason}")
@@ -332,10 +327,22 @@ def make_networks(backend: str, preset: Preset, device, *, models=None, checkpoi
 
 
 def unavailable_reason(backend: str, preset: Preset, device, **settings) -> str | None:
-    """Why `backend` cannot run here, or None (bench reports skipped rows with it)."""
-    entry = BACKENDS[backend]
-    request = NetworkRequest(preset=preset, device=torch.device(device), **settings)
+    """Why `backend` cannot run here, or None (bench reports skipped rows with it); settings as
+    make_networks takes them."""
+    entry, request = _backend_request(backend, preset, device, **settings)
     return entry.unavailable(request)
+
+
+def _backend_request(backend: str, preset: Preset, device, *, engines=None,
+                     temporal_context: str = DEFAULT_TEMPORAL_CONTEXT,
+                     **settings) -> tuple[Backend, NetworkRequest]:
+    entry = BACKENDS.get(backend)
+    if entry is None:
+        raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    request = NetworkRequest(preset=preset, device=torch.device(device),
+                             engines=Path(engines) if engines is not None else None,
+                             temporal_context=check_temporal_context(temporal_context), **settings)
+    return entry, request
 
 
 __all__ = ["BACKENDS", "Backend", "BackendUnavailable", "DTYPES", "EagerNetworks", "NetworkRequest",
