@@ -1,9 +1,10 @@
 """OpenCV's `cv2.resize(..., interpolation=cv2.INTER_AREA)` for float32 images, in numpy.
 
 The reference recentres the input with `kiui.op.recenter`, which resizes with OpenCV's INTER_AREA
-and then truncates to uint8 (docs/inference.md#preprocessing, docs/quirks.md#q15). Truncation turns a last-bit rounding
-difference into a whole grey level, so this module reproduces OpenCV's CPU code path step by
-step in float32, in the same order of operations, instead of an "equivalent" matrix product.
+and then truncates to uint8 (docs/inference.md#preprocessing, docs/quirks.md#q15). Truncation
+turns a last-bit rounding difference into a whole grey level, so this module reproduces OpenCV's
+CPU code path step by step in float32, in the same order of operations, instead of an
+"equivalent" matrix product.
 OpenCV stays out of the runtime dependencies; the tests compare against it when it is installed.
 
 OpenCV's three regimes (imgproc/src/resize.cpp, `hal::resize`):

@@ -24,7 +24,8 @@ class OrtNetworks(ExportedNetworks):
     name = "ort"
 
     def __init__(self, directory: str | Path, preset=None, device="cpu", providers: list[str] | None = None,
-                 temporal_context: str = DEFAULT_TEMPORAL_CONTEXT, verify_hashes: bool = True, threads: int | None = None):
+                 temporal_context: str = DEFAULT_TEMPORAL_CONTEXT, verify_hashes: bool = True,
+                 threads: int | None = None):
         directory = Path(directory)
         manifest = read_manifest(directory)
         # Everything is checked from the manifest and sha256s before ONNX Runtime sees a file.

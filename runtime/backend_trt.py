@@ -1,5 +1,6 @@
 """The `trt` backend: TensorRT 10 engines with static device buffers bound once by name and
-`execute_async_v3` on the caller's current CUDA stream (docs/architecture.md#backends). TensorRT is imported lazily.
+`execute_async_v3` on the caller's current CUDA stream (docs/architecture.md#backends). TensorRT
+is imported lazily.
 
 Before anything is deserialised, the manifest must say the engines were built by this ort3d
 version, for this TensorRT version and this GPU, and every engine file must have the sha256 the
@@ -43,8 +44,8 @@ def _torch_dtype(trt, dtype) -> torch.dtype:
 class TrtNetworks(ExportedNetworks):
     name = "trt"
 
-    def __init__(self, directory: str | Path, preset=None, device="cuda", temporal_context: str = DEFAULT_TEMPORAL_CONTEXT,
-                 verify_hashes: bool = True):
+    def __init__(self, directory: str | Path, preset=None, device="cuda",
+                 temporal_context: str = DEFAULT_TEMPORAL_CONTEXT, verify_hashes: bool = True):
         directory = Path(directory)
         manifest = read_manifest(directory)
         trt = import_tensorrt()

@@ -1,4 +1,5 @@
-"""The recursive denoising loop of Ouroboros3D (docs/inference.md#the-loop), over any backend's networks.
+"""The recursive denoising loop of Ouroboros3D (docs/inference.md#the-loop), over any backend's
+networks.
 
 One step: UNet (CFG batch 2×F) -> guidance + Euler/EDM step -> VAE-decode x0 -> LGM -> render the
 F feedback views -> CCM + pixel-unshuffle -> adapters (once, shared by both CFG halves) -> next
@@ -46,7 +47,7 @@ class LoopState:
     latent_cfg: torch.Tensor     # [2,F,4,s,s] VAE condition latent, zeros for the uncond half
     time_ids: torch.Tensor       # [2,3]
     features: list               # adapter features for the next UNet call (backend-specific)
-    gaussians: torch.Tensor      # [1,N,14] the persistent Gaussian buffer (docs/architecture.md#gaussian-buffer)
+    gaussians: torch.Tensor      # [1,N,14] persistent buffer (docs/architecture.md#gaussian-buffer)
     decoded: torch.Tensor        # [F,3,S,S] the last decoded x0
     timer: StageTimer
     guard: FiniteGuard
@@ -105,7 +106,8 @@ class RecursivePipeline:
         generator = torch.Generator(device=self.device).manual_seed(seed)
         image = image.to(self.device, torch.float32)
 
-        # RNG order as the reference (docs/inference.md#seeding): condition noise first, then the initial latents.
+        # RNG order as the reference (docs/inference.md#seeding): condition noise first, then the
+        # initial latents.
         noise = torch.randn(image.shape, generator=generator, device=self.device)
         with timer.stage("image_encoder"):
             embedding = nets.encode_image(image)

@@ -216,7 +216,8 @@ def recenter(rgba: np.ndarray, mask: np.ndarray, border_ratio: float = 0.2,
 # ----------------------------------------------------------------------------- entry point
 
 def preprocess(path, image_size: int, rembg_model: str | None = None) -> Preprocessed:
-    """Image file -> conditioning tensor [1, 3, image_size, image_size] in [-1, 1] (docs/inference.md#preprocessing)."""
+    """Image file -> conditioning tensor [1, 3, image_size, image_size] in [-1, 1]
+    (docs/inference.md#preprocessing)."""
     rgba, had_alpha = load_image(path)
     notes = []
     if rembg_model is not None:

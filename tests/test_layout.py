@@ -1,5 +1,5 @@
-"""Package layout (docs/architecture.md#layout): the ort3d.* modules come from this repo's folders, a wheel holds
-only ort3d/..., and the dependency arrows between the folders hold."""
+"""Package layout (docs/architecture.md#layout): the ort3d.* modules come from this repo's folders,
+a wheel holds only ort3d/..., and the dependency arrows between the folders hold."""
 
 import ast
 import importlib

@@ -305,8 +305,8 @@ def test_preprocess_opaque_photo_is_taken_whole_and_resized(tmp_path):
     assert result.background == "none"
     assert any("whole image" in note for note in result.notes)
     assert result.input_rgb_uint8.shape == (30, 30, 3)
-    # docs/inference.md#preprocessing steps 3-5 written out: recentre, float32 white composite, x = rgb·2 − 1,
-    # bilinear resize (align_corners=False, no antialias).
+    # docs/inference.md#preprocessing steps 3-5 written out: recentre, float32 white composite,
+    # x = rgb·2 − 1, bilinear resize (align_corners=False, no antialias).
     rgba, had_alpha = load_image(path)
     assert not had_alpha
     square = recenter(rgba, rgba[..., 3] > 0).astype(np.float32) / 255
