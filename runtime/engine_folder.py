@@ -1,7 +1,7 @@
 """Where the exported backends (ort, trt, aoti) find their artefacts when no --engines is given.
 
 `--engines DIR` always wins and is used as it is. Without it, each (preset, weights source,
-Q1 mode, backend formats) gets its own folder under the user cache,
+Q1 mode, backend formats, device type, ort3d version) gets its own folder under the user cache,
 `$XDG_CACHE_HOME/ort3d/engines/<preset>-<id>` (default `~/.cache/...`), and the first run builds
 what is missing there with the same builder as `ort3d-build`. Reuse inside the folder is decided by
 the manifest's content keys (weights sha256, shapes, options, versions: docs/manifest.md), not by
