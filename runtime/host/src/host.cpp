@@ -71,10 +71,7 @@ Result Host::run(const Image& image, const RunOptions& options) const {
   } catch (const std::invalid_argument& err) {
     throw InputError(std::string("--steps: ") + err.what());
   }
-  schedule.sigmas = schedule.sigmas.to(st.device);
-  schedule.timesteps = schedule.timesteps.to(st.device);
-  schedule.c_out = schedule.c_out.to(st.device);
-  schedule.init_noise_sigma = schedule.init_noise_sigma.to(st.device);
+  schedule = schedule.to(st.device);
 
   Conditioning cond = preprocess(image, static_cast<int>(m.image_size), "input image");
   const torch::Tensor input = cond.image.to(st.device, torch::kFloat32);

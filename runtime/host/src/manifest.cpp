@@ -185,8 +185,8 @@ Manifest read_manifest(const std::string& directory, const std::string& device,
   }
   const std::string ort3d_version = reader.string(doc, "", "ort3d_version");
   if (ort3d_version != ORT3D_VERSION) {
-    throw InputError(m.path + ": field ort3d_version is \"" + ort3d_version + "\" but this is ort3d " +
-                     ORT3D_VERSION + "; rebuild the set with this version");
+    reader.fail("ort3d_version", "is \"" + ort3d_version + "\" but this is ort3d " ORT3D_VERSION
+                                 "; rebuild the set with this version");
   }
   m.preset = reader.string(doc, "", "preset");
   const Value& schedule = reader.get(doc, "", "schedule", Type::Object);

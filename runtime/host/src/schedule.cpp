@@ -38,6 +38,10 @@ Schedule Schedule::create(int steps, double sigma_min, double sigma_max,
   return s;
 }
 
+Schedule Schedule::to(const torch::Device& device) const {
+  return {sigmas.to(device), timesteps.to(device), c_out.to(device), init_noise_sigma.to(device)};
+}
+
 torch::Tensor Schedule::scale_input(const torch::Tensor& x, int i) const {
   return x.div(sigmas[i].pow(2).add(1).pow(0.5));
 }

@@ -16,6 +16,8 @@ struct Schedule {
 
   static Schedule create(int steps, double sigma_min, double sigma_max,
                          const std::string& timestep_spacing);
+  // The same tables on `device`.
+  Schedule to(const torch::Device& device) const;
   // x / sqrt(σ_i² + 1)
   torch::Tensor scale_input(const torch::Tensor& x, int i) const;
   // One Euler step from the v-prediction at latents x: (x_next, x0).

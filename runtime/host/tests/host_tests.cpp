@@ -62,6 +62,10 @@ int test_json() {
   check(doc.find("b")->find("c")->string == "x\"\\/\n\xc3\xa9\xf0\x9f\x98\x80", "string escapes");
   check(doc.object[0].first == "a" && doc.object[2].first == "d", "key order kept");
   check(a.array[0].is_integer() && !ort3d::json::parse("0.5").is_integer(), "integers");
+  const auto empty = ort3d::json::parse(R"({"o": { }, "a": [ ]})");
+  check(empty.find("o")->type == Type::Object && empty.find("o")->object.empty() &&
+            empty.find("a")->type == Type::Array && empty.find("a")->array.empty(),
+        "empty object and array");
   const char* refused[] = {"", "{", "[1,]", "{\"a\":1,}", "{\"a\" 1}", "01", "1.", ".5", "+1",
                            "\"\\x\"", "\"a", "tru", "[1] [2]", "{\"a\":1,\"a\":2}", "\"\\ud800\"",
                            "\"tab\there\"", "nul", "-", "1e"};
