@@ -16,6 +16,10 @@
 
 namespace ort3d {
 
+const char* format_name(EngineFormat format) {
+  return format == EngineFormat::TensorRT ? "tensorrt" : "aoti";
+}
+
 const std::vector<std::string> kHostNetworks = {"image_encoder", "vae_encoder", "adapters", "unet",
                                                 "vae_decoder",   "lgm",         "feedback"};
 
@@ -156,10 +160,101 @@ std::int64_t base_size(const Reader& reader, const Manifest& m, const std::strin
   return tensors[index].shape[axis];
 }
 
+// The file an entry (aoti or engine) names, checked: a plain name, present, with the sha256 the
+// manifest recorded (a corrupt or foreign plan crashes TensorRT's deserialiser).
+std::string checked_file(const Reader& reader, const fs::path& dir, const Value& entry,
+                         const std::string& field, bool verify_hashes) {
+  static const std::regex file_pattern("^[A-Za-z0-9_.-]+$");
+  const std::string file = reader.string(entry, field, "file");
+  if (!std::regex_match(file, file_pattern)) reader.fail(field + ".file", "is not a plain file name");
+  const fs::path path = dir / file;
+  if (!fs::is_regular_file(path)) throw InputError(path.string() + ": file named by " + field + " is missing");
+  const std::string sha256 = reader.string(entry, field, "sha256");
+  if (verify_hashes && sha256_file(path.string()) != sha256) {
+    throw InputError(path.string() + ": sha256 does not match " + field +
+                     ".sha256 (file corrupt or replaced; rebuild the set)");
+  }
+  return fs::absolute(path).string();
+}
+
+// A network's AOTInductor package (check_aoti_set): compiled by this ort3d, for this device, by
+// this torch release.
+std::string checked_package(const Reader& reader, const fs::path& dir, const Value& network,
+                            const std::string& name, const ManifestRequest& request) {
+  const std::string pfield = "networks." + name + ".aoti";
+  const Value* package = network.find("aoti");
+  if (package == nullptr || package->type == Type::Null) {
+    reader.fail(pfield, "is missing: no AOTInductor package was built for \"" + name +
+                            "\"; rebuild the set with --formats aoti");
+  }
+  if (package->type != Type::Object) reader.fail(pfield, "is not an object");
+  const Value& key = reader.get(*package, pfield, "key", Type::Object);
+  const std::string kfield = pfield + ".key";
+  const std::string torch_release = request.torch_version.substr(0, request.torch_version.find('+'));
+  const std::pair<const char*, std::string> wanted[] = {
+      {"ort3d_version", ORT3D_VERSION}, {"device", request.device}, {"torch_version", torch_release}};
+  for (const auto& [item, want] : wanted) {
+    std::string got = reader.string(key, kfield, item);
+    if (std::string(item) == "torch_version") got = got.substr(0, got.find('+'));
+    if (got != want) {
+      reader.fail(kfield + "." + item, "is \"" + got + "\" but this host needs \"" + want +
+                                           "\"; rebuild the set here");
+    }
+  }
+  return checked_file(reader, dir, *package, pfield, request.verify_hashes);
+}
+
+// A network's TensorRT plan (check_engine_set): built by this ort3d, by this TensorRT version,
+// for this GPU model.
+std::string checked_engine(const Reader& reader, const fs::path& dir, const Value& network,
+                           const std::string& name, const TensorRTIdentity& identity,
+                           bool verify_hashes) {
+  const std::string efield = "networks." + name + ".engine";
+  const Value* engine = network.find("engine");
+  if (engine == nullptr || engine->type == Type::Null) {
+    reader.fail(efield, "is null: no TensorRT engine was built for \"" + name +
+                            "\" (ONNX only); build on a host with TensorRT");
+  }
+  if (engine->type != Type::Object) reader.fail(efield, "is not an object");
+  const Value& key = reader.get(*engine, efield, "key", Type::Object);
+  const std::string kfield = efield + ".key";
+  const std::string version = reader.string(key, kfield, "ort3d_version");
+  if (version != ORT3D_VERSION) {
+    reader.fail(kfield + ".ort3d_version", "is \"" + version + "\" but this is ort3d " ORT3D_VERSION);
+  }
+  const std::pair<const char*, std::string> wanted[] = {{"tensorrt_version", identity.version},
+                                                        {"gpu_name", identity.gpu_name},
+                                                        {"compute_capability", identity.compute_capability}};
+  for (const auto& [item, want] : wanted) {
+    const std::string got = reader.string(key, kfield, item);
+    if (got != want) {
+      reader.fail(kfield + "." + item, "is \"" + got + "\" but this host has \"" + want +
+                                           "\"; rebuild the engines here");
+    }
+  }
+  return checked_file(reader, dir, *engine, efield, verify_hashes);
+}
+
+// The format of the six networks: as asked, or (not asked) TensorRT when this process can run it
+// and every one of them has an engine entry.
+EngineFormat choose_format(const Value& networks, const ManifestRequest& request) {
+  if (request.format == EngineFormat::TensorRT && !request.tensorrt) {
+    throw std::invalid_argument("read_manifest: TensorRT asked for without this process's identity");
+  }
+  if (request.format) return *request.format;
+  if (!request.tensorrt) return EngineFormat::Aoti;
+  for (const std::string& name : kHostNetworks) {
+    if (name == kFeedbackNetwork) continue;
+    const Value* entry = networks.find(name);
+    const Value* engine = entry != nullptr ? entry->find("engine") : nullptr;
+    if (engine == nullptr || engine->type != Type::Object) return EngineFormat::Aoti;
+  }
+  return EngineFormat::TensorRT;
+}
+
 }  // namespace
 
-Manifest read_manifest(const std::string& directory, const std::string& device,
-                       const std::string& torch_version, bool verify_hashes) {
+Manifest read_manifest(const std::string& directory, const ManifestRequest& request) {
   const fs::path dir(directory);
   const fs::path path = dir / "manifest.json";
   if (!fs::is_regular_file(path)) {
@@ -203,8 +298,7 @@ Manifest read_manifest(const std::string& directory, const std::string& device,
   }
 
   const Value& networks = reader.get(doc, "", "networks", Type::Object);
-  const std::string torch_release = torch_version.substr(0, torch_version.find('+'));
-  const std::regex file_pattern("^[A-Za-z0-9_.-]+$");
+  m.format = choose_format(networks, request);
   for (const std::string& name : kHostNetworks) {
     const std::string field = "networks." + name;
     const Value* entry = networks.find(name);
@@ -214,38 +308,14 @@ Manifest read_manifest(const std::string& directory, const std::string& device,
       reader.fail(field, "is missing: the set has no \"" + name + "\" network (has " + present + ")");
     }
     if (entry->type != Type::Object) reader.fail(field, "is not an object");
-    NetworkInfo info{reader.tensors(*entry, field, "inputs"), reader.tensors(*entry, field, "outputs"), {}};
-    const Value* package = entry->find("aoti");
-    if (package == nullptr || package->type == Type::Null) {
-      reader.fail(field + ".aoti", "is missing: no AOTInductor package was built for \"" + name +
-                                       "\"; rebuild the set with --formats aoti");
+    NetworkInfo info{reader.tensors(*entry, field, "inputs"), reader.tensors(*entry, field, "outputs"),
+                     EngineFormat::Aoti, {}};
+    if (m.format == EngineFormat::TensorRT && name != kFeedbackNetwork) {
+      info.format = EngineFormat::TensorRT;
+      info.file = checked_engine(reader, dir, *entry, name, *request.tensorrt, request.verify_hashes);
+    } else {
+      info.file = checked_package(reader, dir, *entry, name, request);
     }
-    const std::string pfield = field + ".aoti";
-    if (package->type != Type::Object) reader.fail(pfield, "is not an object");
-    const Value& key = reader.get(*package, pfield, "key", Type::Object);
-    const std::string kfield = pfield + ".key";
-    const std::pair<const char*, std::string> wanted[] = {
-        {"ort3d_version", ORT3D_VERSION}, {"device", device}, {"torch_version", torch_release}};
-    for (const auto& [item, want] : wanted) {
-      std::string got = reader.string(key, kfield, item);
-      if (std::string(item) == "torch_version") got = got.substr(0, got.find('+'));
-      if (got != want) {
-        reader.fail(kfield + "." + item, "is \"" + got + "\" but this host needs \"" + want +
-                                             "\"; rebuild the set here");
-      }
-    }
-    const std::string file = reader.string(*package, pfield, "file");
-    if (!std::regex_match(file, file_pattern)) reader.fail(pfield + ".file", "is not a plain file name");
-    const fs::path package_path = dir / file;
-    if (!fs::is_regular_file(package_path)) {
-      throw InputError(package_path.string() + ": file named by " + pfield + " is missing");
-    }
-    const std::string sha256 = reader.string(*package, pfield, "sha256");
-    if (verify_hashes && sha256_file(package_path.string()) != sha256) {
-      throw InputError(package_path.string() + ": sha256 does not match " + pfield +
-                       ".sha256 (file corrupt or replaced; rebuild the set)");
-    }
-    info.package = fs::absolute(package_path).string();
     m.networks[name] = std::move(info);
   }
 

@@ -4,7 +4,9 @@
 //   ort3d_host_tests json                     the JSON reader's acceptances and refusals
 //   ort3d_host_tests sha256 DIR               digests of known inputs
 //   ort3d_host_tests manifest CASES           every CASES/<case>/ is read; expect.txt holds "ok" or
-//                                             the text its one-line error must contain
+//                                             the text its one-line error must contain; an optional
+//                                             request.txt (key=value lines) sets the device, the
+//                                             format, a TensorRT identity and the expected format
 //   ort3d_host_tests schedule FILE            Python's tables, bit for bit
 //   ort3d_host_tests preprocess PNG SIZE OUT  the conditioning image as raw float32 (for pytest)
 //   ort3d_host_tests ply GAUSSIANS OUT LAYOUT  raw float32 [N,14] -> .ply, viewer|raw (for pytest)
@@ -17,6 +19,7 @@
 #include <fstream>
 #include <iostream>
 #include <iterator>
+#include <map>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -102,6 +105,32 @@ std::string read_text(const fs::path& path) {
   return out;
 }
 
+std::map<std::string, std::string> read_settings(const fs::path& path) {
+  std::map<std::string, std::string> settings;
+  std::istringstream lines(fs::exists(path) ? read_text(path) : "");
+  for (std::string line; std::getline(lines, line);) {
+    const size_t equals = line.find('=');
+    if (equals != std::string::npos) settings[line.substr(0, equals)] = line.substr(equals + 1);
+  }
+  return settings;
+}
+
+// The reader's request for a case: this host's CPU defaults, changed by request.txt.
+ort3d::ManifestRequest read_request(const fs::path& dir) {
+  auto settings = read_settings(dir / "request.txt");
+  ort3d::ManifestRequest request;
+  request.device = settings.count("device") ? settings["device"] : "cpu";
+  request.torch_version = TORCH_VERSION;
+  if (settings.count("format")) {
+    request.format = settings["format"] == "tensorrt" ? ort3d::EngineFormat::TensorRT : ort3d::EngineFormat::Aoti;
+  }
+  if (settings.count("tensorrt_version")) {
+    request.tensorrt = ort3d::TensorRTIdentity{settings["tensorrt_version"], settings["gpu_name"],
+                                               settings["compute_capability"]};
+  }
+  return request;
+}
+
 int test_manifest(const fs::path& cases) {
   if (!fs::is_directory(cases)) {
     std::cerr << "FAIL: " << cases << " is missing: the fixtures are written by tests/host/test_cpp_host.py\n";
@@ -117,8 +146,11 @@ int test_manifest(const fs::path& cases) {
     const std::string expect = read_text(dir / "expect.txt");
     std::string error;
     try {
-      const ort3d::Manifest m = ort3d::read_manifest(dir.string(), "cpu", TORCH_VERSION);
+      const ort3d::Manifest m = ort3d::read_manifest(dir.string(), read_request(dir));
       check(m.networks.size() == ort3d::kHostNetworks.size(), dir.filename().string() + ": all networks read");
+      const std::string format = read_settings(dir / "request.txt")["expect_format"];
+      check(format.empty() || format == ort3d::format_name(m.format),
+            dir.filename().string() + ": read as " + ort3d::format_name(m.format) + ", expected " + format);
     } catch (const ort3d::InputError& err) {
       error = err.what();
     }
