@@ -17,8 +17,9 @@ from ort3d.export.aoti_export import aoti_specs
 from ort3d.export.cache import sha256_file
 from ort3d.export.errors import ExportError
 from ort3d.export.feedback_export import FEEDBACK
-from ort3d.export.manifest import check_aoti_set, new_manifest, read_manifest, write_manifest
-from ort3d.export.specs import network_specs
+from ort3d.export.manifest import (check_aoti_set, check_engine_set, new_manifest, read_manifest,
+                                   write_manifest)
+from ort3d.export.specs import NETWORK_NAMES, network_specs
 from ort3d.models.presets import TINY
 from ort3d.models.scheduler import EDMEulerSchedule, ScheduleConfig
 from ort3d.models.version import __version__
@@ -33,21 +34,34 @@ STEPS, SEED = 3, 7
 
 # ----------------------------------------------------------------------------- ctest
 
-def _valid_set(folder):
-    """A schema-valid tiny AOTI manifest over small stand-in package files (the readers only
-    hash them)."""
+# The TensorRT library and GPU of the TensorRT cases' imagined host.
+IDENTITY = {"tensorrt_version": "10.12.0.36", "gpu_name": "NVIDIA H200", "compute_capability": "9.0"}
+
+
+def _stand_in(folder, file, text):
+    (folder / file).write_bytes(text.encode())
+    return {"file": file, "sha256": sha256_file(folder / file)}
+
+
+def _valid_set(folder, device="cpu", engines=False):
+    """A schema-valid tiny manifest over small stand-in files (the readers only hash them): an
+    AOTI package for every network, compiled for `device`, and (engines) a TensorRT plan for each
+    of the six networks, built for IDENTITY."""
     folder.mkdir(parents=True)
     specs = aoti_specs(network_specs(TINY), TINY)
     manifest = new_manifest(TINY.name, "fp32", dataclasses.asdict(ScheduleConfig()))
     for name, spec in specs.items():
-        file = f"{name}.pt2"
-        (folder / file).write_bytes(f"stand-in package {name}".encode())
         key = {"weights_sha256": "0" * 64, "shapes": spec.shapes(), "options": dict(spec.options),
-               "device": "cpu", "dtype": "float32", "torch_version": torch.__version__,
+               "device": device, "dtype": "float32", "torch_version": torch.__version__,
                "ort3d_version": __version__}
+        engine = None
+        if engines and name != FEEDBACK:
+            engine = {**_stand_in(folder, f"{name}.plan", f"stand-in plan {name}"), "precision": "fp16",
+                      "key": {"onnx_sha256": "0" * 64, "shapes": spec.shapes(), "precision_flags": ["TF32"],
+                              **IDENTITY, "ort3d_version": __version__}}
         manifest["networks"][name] = {**spec.io_table(), "options": dict(spec.options),
-                                      "onnx": None, "engine": None,
-                                      "aoti": {"file": file, "sha256": sha256_file(folder / file),
+                                      "onnx": None, "engine": engine,
+                                      "aoti": {**_stand_in(folder, f"{name}.pt2", f"stand-in package {name}"),
                                                "key": key}}
     write_manifest(folder / "manifest.json", manifest)
     return manifest
@@ -63,7 +77,8 @@ def _edit(field_path, value):
     return change
 
 
-# (case, change to a valid set, text both readers' one-line error must contain; None: accepted)
+# (case, change to a valid set, text both readers' one-line error must contain; None: accepted).
+# The "trt_" cases read a set with TensorRT plans on a CUDA host, with the request of TRT_CASES.
 MANIFEST_CASES = [
     ("valid", lambda folder, manifest: None, None),
     ("foreign_version", _edit(["ort3d_version"], "0.0.1"), "field ort3d_version"),
@@ -88,16 +103,58 @@ MANIFEST_CASES = [
      "not valid JSON"),
     ("no_manifest", lambda folder, manifest: (folder / "manifest.json").unlink(),
      "no engine-set manifest here"),
+    ("trt_valid", lambda folder, manifest: None, None),
+    ("trt_host_without_tensorrt", lambda folder, manifest: None, None),
+    ("trt_missing_plan_auto", _edit(["networks", "lgm", "engine"], None), None),
+    ("trt_missing_plan", _edit(["networks", "lgm", "engine"], None), "field networks.lgm.engine is null"),
+    ("trt_other_gpu", _edit(["networks", "unet", "engine", "key", "gpu_name"], "NVIDIA A100-SXM4-80GB"),
+     "field networks.unet.engine.key.gpu_name"),
+    ("trt_other_tensorrt", _edit(["networks", "vae_decoder", "engine", "key", "tensorrt_version"], "10.13.0.35"),
+     "field networks.vae_decoder.engine.key.tensorrt_version"),
+    ("trt_foreign_ort3d", _edit(["networks", "adapters", "engine", "key", "ort3d_version"], "0.0.1"),
+     "field networks.adapters.engine.key.ort3d_version"),
+    ("trt_corrupt_plan", lambda folder, manifest: (folder / "unet.plan").write_bytes(b"flipped"),
+     "sha256 does not match networks.unet.engine.sha256"),
+    ("trt_feedback_for_cpu", _edit(["networks", "feedback", "aoti", "key", "device"], "cpu"),
+     "field networks.feedback.aoti.key.device"),
 ]
+# Per TensorRT case: (format asked for or None for auto, whether the host runs TensorRT, the
+# format the set must be read as when accepted).
+TRT_CASES = {
+    "trt_valid": (None, True, "tensorrt"),
+    "trt_host_without_tensorrt": (None, False, "aoti"),
+    "trt_missing_plan_auto": (None, True, "aoti"),
+    "trt_missing_plan": ("tensorrt", True, "tensorrt"),
+    "trt_other_gpu": (None, True, "tensorrt"),
+    "trt_other_tensorrt": (None, True, "tensorrt"),
+    "trt_foreign_ort3d": ("tensorrt", True, "tensorrt"),
+    "trt_corrupt_plan": (None, True, "tensorrt"),
+    "trt_feedback_for_cpu": (None, True, "tensorrt"),
+}
 
 
-def _python_refusal(folder) -> str | None:
-    """Python's reading of the same folder, the checks AotiNetworks makes before it loads any
-    package: the manifest, the aoti set, every network's shapes and options."""
+def _write_request(folder, case) -> str:
+    """request.txt for the C++ test (a CUDA host, its TensorRT identity, the format asked for);
+    returns the format the set is read as."""
+    asked, has_tensorrt, reads_as = TRT_CASES[case]
+    lines = ["device=cuda", f"expect_format={reads_as}"]
+    lines += [f"format={asked}"] if asked else []
+    lines += [f"{k}={v}" for k, v in IDENTITY.items()] if has_tensorrt else []
+    (folder / "request.txt").write_text("\n".join(lines) + "\n")
+    return reads_as
+
+
+def _python_refusal(folder, reads_as="aoti", device="cpu") -> str | None:
+    """Python's reading of the same folder, the checks its backends make before they load any
+    file: the manifest, the aoti set (AotiNetworks) or the TensorRT plans (TrtNetworks) with the
+    feedback package, every network's shapes and options."""
     try:
         manifest = read_manifest(folder)
-        check_aoti_set(manifest, folder, list(aoti_specs(network_specs(TINY), TINY)), "cpu",
-                       torch.__version__)
+        packages = list(aoti_specs(network_specs(TINY), TINY))
+        if reads_as == "tensorrt":
+            check_engine_set(manifest, folder, NETWORK_NAMES, IDENTITY)
+            packages = [FEEDBACK]
+        check_aoti_set(manifest, folder, packages, device, torch.__version__)
         nets = ExportedNetworks(folder, manifest, TINY, "interleaved")
         nets.specs = aoti_specs(nets.specs, TINY)
         nets._check_against_specs((FEEDBACK,))
@@ -128,9 +185,11 @@ def test_ctest_unit_tests(host_build):
     shutil.rmtree(cases, ignore_errors=True)
     for name, change, expected in MANIFEST_CASES:
         folder = cases / "manifest" / name
-        change(folder, _valid_set(folder))
+        tensorrt = name in TRT_CASES
+        change(folder, _valid_set(folder, "cuda" if tensorrt else "cpu", engines=tensorrt))
         (folder / "expect.txt").write_text(expected or "ok")
-        refusal = _python_refusal(folder)
+        reads_as = _write_request(folder, name) if tensorrt else "aoti"
+        refusal = _python_refusal(folder, reads_as, "cuda" if tensorrt else "cpu")
         assert (refusal is None) if expected is None else (expected in refusal), (name, refusal)
     _schedule_fixture(cases / "schedules.txt")
     result = subprocess.run(["ctest", "--output-on-failure"], cwd=host_build.dir,
@@ -256,9 +315,20 @@ def test_ply_writer_equals_python(host_build, tmp_path, layout):
 
 # ----------------------------------------------------------------------------- bad input
 
-@pytest.mark.parametrize("case", ["not_png", "no_engines", "steps", "no_image", "unknown_flag"])
+BAD_SETTINGS = {   # case: (ort3d-host options, text of the one-line error)
+    "steps": (["--steps", "1"], "--steps"),
+    "unknown_flag": (["--fast"], "unknown option --fast"),
+    "unknown_format": (["--format", "onnx"], "--format"),
+    "tensorrt_on_cpu": (["--format", "tensorrt"], "TensorRT engines run on --device cuda"),
+    "cuda_on_cpu_libtorch": (["--device", "cuda"], "CPU-only libtorch"),
+}
+
+
+@pytest.mark.parametrize("case", ["not_png", "no_engines", "no_image", *BAD_SETTINGS])
 def test_host_bad_input(host_build, aoti_engines, tmp_path, case):
     """One line on stderr, exit code 2, nothing written."""
+    if case == "cuda_on_cpu_libtorch" and torch.version.cuda is not None:
+        pytest.skip("the host links a CUDA build of libtorch here")
     text = tmp_path / "notes.png"
     text.write_text("not an image")
     engines, image, extra = str(aoti_engines.dir), [str(EXAMPLE)], []
@@ -266,16 +336,15 @@ def test_host_bad_input(host_build, aoti_engines, tmp_path, case):
         image = [str(text)]
     elif case == "no_engines":
         engines = str(tmp_path / "nowhere")
-    elif case == "steps":
-        extra = ["--steps", "1"]
     elif case == "no_image":
         image = []
     else:
-        extra = ["--fast"]
+        extra = BAD_SETTINGS[case][0]
     out = tmp_path / "out"
     result = subprocess.run([host_build.host, "--engines", engines, "--out", out, *extra, *image],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ort3d-host: error: ")
+    assert case not in BAD_SETTINGS or BAD_SETTINGS[case][1] in lines[0], lines[0]
     assert not out.exists() or not any(out.iterdir())

@@ -1,16 +1,25 @@
-// The recursive loop of runtime/pipeline.py over AOTInductor packages, op for op: the same
-// tensor operations in the same order, so a CPU run matches Python's with the same seed.
+// The recursive loop of runtime/pipeline.py over an engine set, op for op: the same tensor
+// operations in the same order, so a CPU run matches Python's with the same seed.
 #include "ort3d/host.h"
 
-#include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 #include <torch/headeronly/version.h>
 #include <torch/torch.h>
 
 #include <map>
+#include <optional>
 
+#include "loop.h"
 #include "manifest.h"
+#include "network.h"
 #include "preprocess.h"
 #include "schedule.h"
+
+#ifdef ORT3D_HOST_CUDA
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "cuda_graph_loop.h"
+#endif
 
 namespace ort3d {
 
@@ -22,34 +31,106 @@ constexpr int kMotionBucketId = 127;
 constexpr double kNoiseAugStrength = 0.02;
 constexpr double kGuidanceMin = 1.0, kGuidanceMax = 3.0;
 
-using Tensors = std::vector<torch::Tensor>;
-
 }  // namespace
+
+std::vector<torch::Tensor*> LoopState::tensors() {
+  std::vector<torch::Tensor*> all = {&latents, &latent_cfg, &clip_cfg, &time_ids, &guidance, &decoded, &gaussians};
+  for (auto& feature : features) all.push_back(&feature);
+  return all;
+}
 
 struct Host::State {
   Manifest manifest;
+  HostOptions options;
   torch::Device device{torch::kCPU};
-  std::map<std::string, std::unique_ptr<torch::inductor::AOTIModelPackageLoader>> packages;
+  std::map<std::string, std::unique_ptr<Network>> networks;
+  std::map<int, Schedule> schedules;  // per step count, on the device; captured graphs read them
+#ifdef ORT3D_HOST_CUDA
+  std::optional<c10::cuda::CUDAStream> stream;  // the host's CUDA work: never the legacy default
+  std::unique_ptr<CudaGraphLoop> graphs;
+#endif
 
-  Tensors call(const std::string& name, Tensors inputs) const {
-    for (auto& tensor : inputs) tensor = tensor.to(device, torch::kFloat32).contiguous();
-    return packages.at(name)->run(inputs);
+  Tensors call(const std::string& name, const Tensors& inputs) const { return networks.at(name)->run(inputs); }
+
+  const Schedule& schedule(int steps) {
+    auto found = schedules.find(steps);
+    if (found != schedules.end()) return found->second;
+    Schedule table;
+    try {
+      table = Schedule::create(steps, manifest.sigma_min, manifest.sigma_max, manifest.timestep_spacing);
+    } catch (const std::invalid_argument& err) {
+      throw InputError(std::string("--steps: ") + err.what());
+    }
+    return schedules.emplace(steps, table.to(device)).first->second;
+  }
+
+  // One denoising step: CFG + Euler on the UNet's velocity, decode, LGM, and (but for the last
+  // step, whose feedback would feed no further step) feedback -> adapters. Results are written
+  // into `s` in place.
+  void step(LoopState& s, const Schedule& schedule, int i, int steps) const {
+    const torch::Tensor t = schedule.timesteps[i].reshape({1});
+    torch::Tensor model_in = schedule.scale_input(torch::cat({s.latents, s.latents}), i);
+    model_in = torch::cat({model_in, s.latent_cfg}, 2);
+    Tensors unet_inputs = {model_in, t, s.clip_cfg, s.time_ids};
+    unet_inputs.insert(unet_inputs.end(), s.features.begin(), s.features.end());
+    const torch::Tensor out = call("unet", unet_inputs)[0];
+    auto halves = out.chunk(2);
+    const torch::Tensor velocity = halves[0].add(s.guidance.mul(halves[1].sub(halves[0])));
+    auto [latents_next, x0] = schedule.step(velocity, s.latents, i);
+    s.decoded.copy_(call("vae_decoder", {x0.flatten(0, 1).mul(1 / manifest.vae_scaling_factor)})[0]);
+    s.gaussians.copy_(call("lgm", {s.decoded.unsqueeze(0), t})[0]);
+    if (i + 1 < steps) {
+      const Tensors maps = call(kFeedbackNetwork, {s.gaussians});
+      const Tensors features = call("adapters", {maps[0], maps[1]});
+      for (size_t k = 0; k < features.size(); ++k) s.features[k].copy_(features[k]);
+    }
+    s.latents.copy_(latents_next);
   }
 };
 
-Host::Host(const std::string& engines, const std::string& device) : state_(std::make_unique<State>()) {
-  if (device != "cpu" && device != "cuda") {
-    throw InputError("--device: \"" + device + "\" is not one of cpu, cuda");
+Host::Host(const std::string& engines, const HostOptions& options) : state_(std::make_unique<State>()) {
+  State& st = *state_;
+  st.options = options;
+  if (options.device != "cpu" && options.device != "cuda") {
+    throw InputError("--device: \"" + options.device + "\" is not one of cpu, cuda");
   }
-  state_->device = torch::Device(device);
-  if (state_->device.is_cuda() && !torch::cuda::is_available()) {
-    throw InputError("--device cuda: no CUDA device is visible to libtorch");
+  if (options.format != "auto" && options.format != "aoti" && options.format != "tensorrt") {
+    throw InputError("--format: \"" + options.format + "\" is not one of auto, aoti, tensorrt");
   }
-  state_->manifest = read_manifest(engines, device, TORCH_VERSION);
+  ManifestRequest request;
+  request.device = options.device;
+  request.torch_version = TORCH_VERSION;
+  if (options.format != "auto") {
+    request.format = options.format == "tensorrt" ? EngineFormat::TensorRT : EngineFormat::Aoti;
+  }
+  if (options.device == "cuda") {
+#ifdef ORT3D_HOST_CUDA
+    if (!torch::cuda::is_available()) throw InputError("--device cuda: no CUDA device is visible to libtorch");
+    st.device = torch::Device(torch::kCUDA, 0);
+    st.stream = c10::cuda::getStreamFromPool(/*isHighPriority=*/false, st.device.index());
+    if (options.cuda_graphs) st.graphs = std::make_unique<CudaGraphLoop>();
+#else
+    throw InputError("--device cuda: this ort3d_host was built against a CPU-only libtorch");
+#endif
+  }
+#ifdef ORT3D_HOST_TENSORRT
+  if (st.device.is_cuda()) request.tensorrt = tensorrt_identity(st.device);
+#endif
+  if (request.format == EngineFormat::TensorRT && !request.tensorrt) {
+    throw InputError(std::string("--format tensorrt: ") +
+                     (st.device.is_cuda() ? "this ort3d_host was built without TensorRT (see docs/cpp-host.md#tensorrt)"
+                                          : "TensorRT engines run on --device cuda"));
+  }
+  st.manifest = read_manifest(engines, request);
   for (const std::string& name : kHostNetworks) {
-    state_->packages[name] = std::make_unique<torch::inductor::AOTIModelPackageLoader>(
-        state_->manifest.networks.at(name).package, "model", false, 1,
-        state_->device.is_cuda() ? state_->device.index() : -1);
+    const NetworkInfo& info = st.manifest.networks.at(name);
+#ifdef ORT3D_HOST_TENSORRT
+    if (info.format == EngineFormat::TensorRT) {
+      st.networks[name] = load_tensorrt_network(name, info, st.device);
+      continue;
+    }
+#endif
+    st.networks[name] = load_aoti_network(info, st.device);
   }
 }
 
@@ -58,20 +139,19 @@ Host::~Host() = default;
 const std::string& Host::preset() const { return state_->manifest.preset; }
 int Host::image_size() const { return static_cast<int>(state_->manifest.image_size); }
 int Host::num_views() const { return static_cast<int>(state_->manifest.num_views); }
+std::string Host::format() const { return format_name(state_->manifest.format); }
 
-Result Host::run(const Image& image, const RunOptions& options) const {
+Result Host::run(const Image& image, const RunOptions& options) {
   torch::InferenceMode inference;
-  const State& st = *state_;
+  State& st = *state_;
+#ifdef ORT3D_HOST_CUDA
+  std::optional<c10::cuda::CUDAStreamGuard> on_stream;
+  if (st.stream) on_stream.emplace(*st.stream);
+#endif
   const Manifest& m = st.manifest;
   const int64_t F = m.num_views, s = m.image_size / 8;
   const auto on_device = torch::TensorOptions().dtype(torch::kFloat32).device(st.device);
-  Schedule schedule;
-  try {
-    schedule = Schedule::create(options.steps, m.sigma_min, m.sigma_max, m.timestep_spacing);
-  } catch (const std::invalid_argument& err) {
-    throw InputError(std::string("--steps: ") + err.what());
-  }
-  schedule = schedule.to(st.device);
+  const Schedule& schedule = st.schedule(options.steps);
 
   Conditioning cond = preprocess(image, static_cast<int>(m.image_size), "input image");
   const torch::Tensor input = cond.image.to(st.device, torch::kFloat32);
@@ -85,43 +165,39 @@ Result Host::run(const Image& image, const RunOptions& options) const {
   }
   const torch::Tensor noise = torch::randn(input.sizes(), generator, on_device);
   const torch::Tensor embedding = st.call("image_encoder", {input})[0];
-  torch::Tensor cond_latent = st.call("vae_encoder", {input.add(noise.mul(kNoiseAugStrength))})[0];
-  const torch::Tensor clip_cfg = torch::cat({torch::zeros_like(embedding), embedding});
-  cond_latent = cond_latent.unsqueeze(1).repeat({1, F, 1, 1, 1});
-  torch::Tensor latents = torch::randn({1, F, 4, s, s}, generator, on_device)
-                              .mul(schedule.init_noise_sigma);
-  const torch::Tensor latent_cfg = torch::cat({torch::zeros_like(cond_latent), cond_latent});
-  const torch::Tensor time_ids = torch::tensor({static_cast<float>(kFps - 1), static_cast<float>(kMotionBucketId),
-                                                static_cast<float>(kNoiseAugStrength)})
-                                     .view({1, 3}).repeat({2, 1}).to(st.device);
-  const torch::Tensor guidance = torch::linspace(kGuidanceMin, kGuidanceMax, F, on_device).view({1, F, 1, 1, 1});
-  const double latent_unscale = 1 / m.vae_scaling_factor;
-
+  const torch::Tensor cond_latent = st.call("vae_encoder", {input.add(noise.mul(kNoiseAugStrength))})[0]
+                                        .unsqueeze(1)
+                                        .repeat({1, F, 1, 1, 1});
+  LoopState loop;
+  loop.clip_cfg = torch::cat({torch::zeros_like(embedding), embedding});
+  loop.latents = torch::randn({1, F, 4, s, s}, generator, on_device).mul(schedule.init_noise_sigma);
+  loop.latent_cfg = torch::cat({torch::zeros_like(cond_latent), cond_latent});
+  loop.time_ids = torch::tensor({static_cast<float>(kFps - 1), static_cast<float>(kMotionBucketId),
+                                 static_cast<float>(kNoiseAugStrength)})
+                      .view({1, 3})
+                      .repeat({2, 1})
+                      .to(st.device);
+  loop.guidance = torch::linspace(kGuidanceMin, kGuidanceMax, F, on_device).view({1, F, 1, 1, 1});
   // Step 0 is conditioned on all-zero feedback (docs/quirks.md#q6).
   const torch::Tensor zeros = torch::zeros({F, kUnshuffledChannels, s, s}, on_device);
-  Tensors features = st.call("adapters", {zeros, zeros});
-  torch::Tensor decoded, gaussians;
-  for (int i = 0; i < options.steps; ++i) {
-    const torch::Tensor t = schedule.timesteps[i].reshape({1});
-    torch::Tensor model_in = schedule.scale_input(torch::cat({latents, latents}), i);
-    model_in = torch::cat({model_in, latent_cfg}, 2);
-    Tensors unet_inputs = {model_in, t, clip_cfg, time_ids};
-    unet_inputs.insert(unet_inputs.end(), features.begin(), features.end());
-    const torch::Tensor out = st.call("unet", unet_inputs)[0];
-    auto halves = out.chunk(2);
-    const torch::Tensor velocity = halves[0].add(guidance.mul(halves[1].sub(halves[0])));
-    auto [latents_next, x0] = schedule.step(velocity, latents, i);
-    decoded = st.call("vae_decoder", {x0.flatten(0, 1).mul(latent_unscale)})[0];
-    gaussians = st.call("lgm", {decoded.unsqueeze(0), t})[0];
-    if (i + 1 < options.steps) {  // the last step's feedback would feed no further step
-      Tensors maps = st.call("feedback", {gaussians});
-      features = st.call("adapters", {maps[0], maps[1]});
-    }
-    latents = latents_next;
-  }
+  for (const auto& feature : st.call("adapters", {zeros, zeros})) loop.features.push_back(feature.clone());
+  loop.decoded = torch::zeros({F, 3, m.image_size, m.image_size}, on_device);
+  loop.gaussians = torch::zeros({1, m.num_gaussians, 14}, on_device);
+
+  const auto step = [&](LoopState& state, int i) { st.step(state, schedule, i, options.steps); };
   Result result;
-  result.views = decoded.div(2).add(0.5).clamp(0, 1).cpu();
-  result.gaussians = gaussians[0].cpu();
+  result.loop = "eager";
+#ifdef ORT3D_HOST_CUDA
+  if (st.graphs) {
+    result.loop = st.graphs->run(loop, options.steps, step);
+    if (result.loop == "captured") result.capture_seconds = st.graphs->capture_seconds();
+  } else
+#endif
+  {
+    for (int i = 0; i < options.steps; ++i) step(loop, i);
+  }
+  result.views = loop.decoded.div(2).add(0.5).clamp(0, 1).cpu();
+  result.gaussians = loop.gaussians[0].cpu();
   result.input = cond.image[0].add(1).div(2).clamp(0, 1);
   result.background = cond.background;
   if (!torch::isfinite(result.gaussians).all().item<bool>() ||

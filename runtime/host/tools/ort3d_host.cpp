@@ -1,7 +1,7 @@
 // ort3d-host: the example executable of the C++ host (docs/cpp-host.md).
 //
-//   ort3d-host --engines DIR [--out DIR] [--steps N] [--seed S] [--device cpu|cuda] [--ply-raw]
-//              IMAGE.png [IMAGE.png ...]
+//   ort3d-host --engines DIR [--out DIR] [--steps N] [--seed S] [--device cpu|cuda]
+//              [--format auto|aoti|tensorrt] [--no-cuda-graphs] [--ply-raw] IMAGE.png [IMAGE.png ...]
 //
 // Writes OUT/<stem>_views.png and OUT/<stem>.ply like ort3d-run (same defaults: 25 steps, seed
 // 42, ./ort3d_out). Bad input: one line on stderr, exit 2; a failure while running: exit 1.
@@ -21,10 +21,11 @@ namespace {
 constexpr int kExitOk = 0, kExitRuntime = 1, kExitInput = 2;
 constexpr const char* kUsage =
     "usage: ort3d-host --engines DIR [--out DIR] [--steps N] [--seed S] [--device cpu|cuda] "
-    "[--ply-raw] IMAGE.png [IMAGE.png ...]";
+    "[--format auto|aoti|tensorrt] [--no-cuda-graphs] [--ply-raw] IMAGE.png [IMAGE.png ...]";
 
 struct Args {
-  std::string engines, out = "ort3d_out", device = "cpu";
+  std::string engines, out = "ort3d_out";
+  ort3d::HostOptions host;
   ort3d::RunOptions run;
   bool ply_raw = false;
   std::vector<std::string> images;
@@ -64,7 +65,11 @@ Args parse_args(int argc, char** argv) {
     } else if (arg == "--seed") {
       args.run.seed = static_cast<std::uint64_t>(parse_integer(arg, value(), 0));
     } else if (arg == "--device") {
-      args.device = value();
+      args.host.device = value();
+    } else if (arg == "--format") {
+      args.host.format = value();
+    } else if (arg == "--no-cuda-graphs") {
+      args.host.cuda_graphs = false;
     } else if (arg == "--ply-raw") {
       args.ply_raw = true;
     } else if (arg.rfind("-", 0) == 0) {
@@ -103,7 +108,7 @@ int main(int argc, char** argv) {
     return fail(kExitInput, err.what());
   }
   try {
-    const ort3d::Host host(args.engines, args.device);
+    ort3d::Host host(args.engines, args.host);
     std::filesystem::create_directories(args.out);
     for (const auto& path : args.images) {
       const ort3d::Result result = host.run(ort3d::read_png(path), args.run);
@@ -111,7 +116,10 @@ int main(int argc, char** argv) {
       ort3d::write_views_png(stem + "_views.png", result);
       const int written = ort3d::write_ply(stem + ".ply", result.gaussians, args.ply_raw);
       std::cout << path << ": " << stem << "_views.png, " << stem << ".ply (" << written
-                << " Gaussians; mask: " << result.background << ")\n";
+                << " Gaussians; mask: " << result.background << "; " << host.format() << ", steps "
+                << result.loop;
+      if (result.loop == "captured") std::cout << " in " << result.capture_seconds << " s";
+      std::cout << ")\n";
     }
   } catch (const ort3d::InputError& err) {
     return fail(kExitInput, err.what());
