@@ -17,10 +17,14 @@ void copy_state(LoopState& into, LoopState& from) {
 
 }  // namespace
 
-const char* CudaGraphLoop::run(LoopState& state, int steps, const StepFunction& step) {
+const char* CudaGraphLoop::run(LoopState& state, int steps, const StepFunction& networks,
+                               const StepFunction& between) {
   if (static_cast<int>(graphs_.size()) == steps) {
     copy_state(buffers_, state);
-    for (auto& graph : graphs_) graph->replay();
+    for (int i = 0; i < steps; ++i) {
+      graphs_[i]->replay();
+      between(buffers_, i);
+    }
     state = buffers_;
     return "replayed";
   }
@@ -30,11 +34,15 @@ const char* CudaGraphLoop::run(LoopState& state, int steps, const StepFunction& 
   // its deferred set-up on a first call, neither of which may happen inside a capture); their
   // result is this image's result. The eager run's cached blocks are freed so the graphs' pool
   // starts from the allocator's free memory.
-  for (int i = 0; i < steps; ++i) step(state, i);
+  for (int i = 0; i < steps; ++i) {
+    networks(state, i);
+    between(state, i);
+  }
   c10::cuda::device_synchronize();
   c10::cuda::CUDACachingAllocator::emptyCache();
 
-  // Capturing records the same steps without running them: `state` keeps the warm-up's result.
+  // Capturing records the steps' networks without running them: `state` keeps the warm-up's
+  // result.
   // capture_begin/end on one shared pool: the graphs replay in capture order, as required.
   const auto started = std::chrono::steady_clock::now();
   const at::cuda::MempoolId_t pool = at::cuda::graph_pool_handle();
@@ -42,7 +50,7 @@ const char* CudaGraphLoop::run(LoopState& state, int steps, const StepFunction& 
     auto graph = std::make_unique<at::cuda::CUDAGraph>();
     graph->capture_begin(pool);
     try {
-      step(state, i);
+      networks(state, i);
     } catch (...) {
       try {
         graph->capture_end();  // ends the stream's capture; the step's error is the one reported

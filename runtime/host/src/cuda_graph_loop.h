@@ -1,6 +1,10 @@
 // The host's denoising loop as CUDA graphs, with the capture rules of the Python graph backend
 // (runtime/backend_graph.py; docs/cpp-host.md#cuda-graphs): one graph per step index, all in one
 // memory pool, captured after an eager warm-up on the first image, replayed for later images.
+//
+// What a graph holds is a step's networks (UNet -> Euler -> VAE decode -> LGM). The feedback stage
+// runs between the graphs, eagerly: its package composites in a while_loop whose condition the
+// AOTInductor runtime reads on the host after every round, which a capture cannot contain.
 #pragma once
 
 #include <memory>
@@ -14,10 +18,11 @@ namespace ort3d {
 
 class CudaGraphLoop {
  public:
-  // Runs `steps` steps of `step` on `state` (this image's inputs; on return, its results) on the
-  // current CUDA stream, which must not be the legacy default stream (capture forbids it).
-  // Returns "captured" (the steps ran eagerly, then were captured) or "replayed".
-  const char* run(LoopState& state, int steps, const StepFunction& step);
+  // Runs `steps` steps on `state` (this image's inputs; on return, its results) on the current
+  // CUDA stream, which must not be the legacy default stream (capture forbids it): step i is
+  // networks(state, i), captured, then between(state, i), never captured.
+  // Returns "captured" (the steps ran eagerly, then their networks were captured) or "replayed".
+  const char* run(LoopState& state, int steps, const StepFunction& networks, const StepFunction& between);
 
   double capture_seconds() const { return capture_seconds_; }  // of the last capture
 

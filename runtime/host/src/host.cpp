@@ -64,10 +64,9 @@ struct Host::State {
     return schedules.emplace(steps, table.to(device)).first->second;
   }
 
-  // One denoising step: CFG + Euler on the UNet's velocity, decode, LGM, and (but for the last
-  // step, whose feedback would feed no further step) feedback -> adapters. Results are written
-  // into `s` in place.
-  void step(LoopState& s, const Schedule& schedule, int i, int steps) const {
+  // A denoising step in two parts that write their results into `s` in place.
+  // The networks: CFG + Euler on the UNet's velocity, VAE decode, LGM.
+  void networks_step(LoopState& s, const Schedule& schedule, int i) const {
     const torch::Tensor t = schedule.timesteps[i].reshape({1});
     torch::Tensor model_in = schedule.scale_input(torch::cat({s.latents, s.latents}), i);
     model_in = torch::cat({model_in, s.latent_cfg}, 2);
@@ -79,12 +78,16 @@ struct Host::State {
     auto [latents_next, x0] = schedule.step(velocity, s.latents, i);
     s.decoded.copy_(call("vae_decoder", {x0.flatten(0, 1).mul(1 / manifest.vae_scaling_factor)})[0]);
     s.gaussians.copy_(call("lgm", {s.decoded.unsqueeze(0), t})[0]);
-    if (i + 1 < steps) {
-      const Tensors maps = call(kFeedbackNetwork, {s.gaussians});
-      const Tensors features = call("adapters", {maps[0], maps[1]});
-      for (size_t k = 0; k < features.size(); ++k) s.features[k].copy_(features[k]);
-    }
     s.latents.copy_(latents_next);
+  }
+
+  // The feedback: render -> CCM -> unshuffle, then the adapters, for the next step's UNet (none
+  // after the last step, whose feedback would feed no further step).
+  void feedback_step(LoopState& s, int i, int steps) const {
+    if (i + 1 == steps) return;
+    const Tensors maps = call(kFeedbackNetwork, {s.gaussians});
+    const Tensors features = call("adapters", {maps[0], maps[1]});
+    for (size_t k = 0; k < features.size(); ++k) s.features[k].copy_(features[k]);
   }
 };
 
@@ -184,17 +187,21 @@ Result Host::run(const Image& image, const RunOptions& options) {
   loop.decoded = torch::zeros({F, 3, m.image_size, m.image_size}, on_device);
   loop.gaussians = torch::zeros({1, m.num_gaussians, 14}, on_device);
 
-  const auto step = [&](LoopState& state, int i) { st.step(state, schedule, i, options.steps); };
+  const auto networks = [&](LoopState& state, int i) { st.networks_step(state, schedule, i); };
+  const auto feedback = [&](LoopState& state, int i) { st.feedback_step(state, i, options.steps); };
   Result result;
   result.loop = "eager";
 #ifdef ORT3D_HOST_CUDA
   if (st.graphs) {
-    result.loop = st.graphs->run(loop, options.steps, step);
+    result.loop = st.graphs->run(loop, options.steps, networks, feedback);
     if (result.loop == "captured") result.capture_seconds = st.graphs->capture_seconds();
   } else
 #endif
   {
-    for (int i = 0; i < options.steps; ++i) step(loop, i);
+    for (int i = 0; i < options.steps; ++i) {
+      networks(loop, i);
+      feedback(loop, i);
+    }
   }
   result.views = loop.decoded.div(2).add(0.5).clamp(0, 1).cpu();
   result.gaussians = loop.gaussians[0].cpu();
