@@ -7,8 +7,10 @@
 // 42, ./ort3d_out). Bad input: one line on stderr, exit 2; a failure while running: exit 1.
 #include <c10/util/Exception.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
+#include <iomanip>
 #include <iostream>
 #include <set>
 #include <string>
@@ -111,14 +113,17 @@ int main(int argc, char** argv) {
     ort3d::Host host(args.engines, args.host);
     std::filesystem::create_directories(args.out);
     for (const auto& path : args.images) {
-      const ort3d::Result result = host.run(ort3d::read_png(path), args.run);
+      const ort3d::Image image = ort3d::read_png(path);
+      const auto started = std::chrono::steady_clock::now();
+      const ort3d::Result result = host.run(image, args.run);
+      const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
       const auto stem = (std::filesystem::path(args.out) / std::filesystem::path(path).stem()).string();
       ort3d::write_views_png(stem + "_views.png", result);
       const int written = ort3d::write_ply(stem + ".ply", result.gaussians, args.ply_raw);
-      std::cout << path << ": " << stem << "_views.png, " << stem << ".ply (" << written
-                << " Gaussians; mask: " << result.background << "; " << host.format() << ", steps "
-                << result.loop;
-      if (result.loop == "captured") std::cout << " in " << result.capture_seconds << " s";
+      std::cout << std::fixed << std::setprecision(3) << path << ": " << stem << "_views.png, " << stem << ".ply (" << written
+                << " Gaussians; mask: " << result.background << "; " << host.format() << ", "
+                << args.run.steps << " steps " << result.loop << ", " << seconds << " s";
+      if (result.loop == "captured") std::cout << ", capture " << result.capture_seconds << " s";
       std::cout << ")\n";
     }
   } catch (const ort3d::InputError& err) {

@@ -2,9 +2,9 @@
 // without Python: decoded RGBA8 pixels in, 3D Gaussians and the generated views out.
 //
 //   ort3d::Host host("engines/tiny");                 // reads and checks manifest.json
-//   ort3d::Host gpu("engines/h200", {.device = "cuda"});   // TensorRT plans when built with it
+//   ort3d::Host gpu("engines/h200", ort3d::HostOptions{"cuda"});  // TensorRT plans if built with it
 //   ort3d::Image image{width, height, rgba_bytes};     // the application decodes its images
-//   ort3d::Result result = host.run(image, {.steps = 25, .seed = 42});
+//   ort3d::Result result = host.run(image, ort3d::RunOptions{25, 42});   // steps, seed
 //   result.gaussians;   // [N,14] float32: pos(3) opacity(1) scale(3) rot(4, raw) rgb(3)
 //   result.views;       // [F,3,S,S] float32 in [0,1]
 #pragma once
