@@ -4,6 +4,7 @@
 #
 #   bash bench/gpu_check.sh                 # on the GPU host, from anywhere in the repository
 #   bash bench/gpu_check.sh --cpu-dry-run   # here: every step's command on the CPU, tiny sizes
+#   bash bench/gpu_check.sh --host          # the setup, then only bench/host_check.py (C++ host)
 #
 # Steps, in order, each under `timeout` so that a failure or an overrun keeps the earlier results:
 #   setup     versions; diffusers/plyfile from the carried wheels (.whl/, see bench/README.md) when
@@ -33,11 +34,14 @@ cd "$(dirname "$0")/.."
 
 MODE=gpu
 SLOWER=1              # the dry run's time boxes are this many times longer (a small shared CPU)
-case "${1:-}" in
-  "") ;;
-  --cpu-dry-run) MODE=cpu; SLOWER=4 ;;
-  *) echo "gpu_check: unknown argument ${1}; use --cpu-dry-run or nothing" >&2; exit 2 ;;
-esac
+ONLY=all              # --host: the setup, then only the C++ host's check (bench/host_check.py)
+for arg in "$@"; do
+  case "$arg" in
+    --cpu-dry-run) MODE=cpu; SLOWER=4 ;;
+    --host) ONLY=host ;;
+    *) echo "gpu_check: unknown argument ${arg}; use --cpu-dry-run and/or --host" >&2; exit 2 ;;
+  esac
+done
 PYTHON=${PYTHON:-python3}
 WHEELS=${ORT3D_WHEELS:-.whl}
 SITE=/tmp/ort3d-gpu-check-site          # diffusers, plyfile (when missing)
@@ -135,6 +139,14 @@ done
 if ! (cd /tmp && importable ort3d.runtime.pipeline); then
   run_step install 120 "$R/setup_install.log" "$PYTHON" -m pip install -q --root-user-action=ignore \
     --no-deps --no-build-isolation -e . || exit 1
+fi
+
+# ------------------------------------------------------------------------ the C++ host, alone
+if [ "$ONLY" = host ]; then
+  run_step host 420 "$R/host_check_$GPU.log" "$PYTHON" bench/host_check.py --device "${MODE/gpu/cuda}" \
+    --out "$R"
+  say "done in $(($(date +%s) - STARTED))s; results in $R"
+  exit $status
 fi
 
 # --------------------------------------------------------------------- gsplat, in the background

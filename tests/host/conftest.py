@@ -8,45 +8,28 @@ A machine without a C++ compiler, CMake or libtorch FAILS these tests with the r
 is part of what ort3d ships.
 """
 
-import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from host_check import HostCheckError, build_host
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD = REPO / "build"
 HOST_BUILD = BUILD / "host"
 ENGINES = BUILD / "host-engines" / "tiny"
-BUILD_TIMEOUT_S = 1200     # a cold two-core build of the host takes a few minutes
-
-
-def _run(command, cwd, what, timeout=BUILD_TIMEOUT_S):
-    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-    if result.returncode != 0:
-        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-25:])
-        pytest.fail(f"{what} failed (exit {result.returncode}): {' '.join(map(str, command))}\n{tail}",
-                    pytrace=False)
-    return result
 
 
 @pytest.fixture(scope="session")
 def host_build():
     """build/host with ort3d-host and ort3d_host_tests, configured against this interpreter's torch."""
-    missing = [tool for tool in ("cmake", "ctest", "c++") if shutil.which(tool) is None]
-    if missing:
-        pytest.fail(f"the C++ host needs {', '.join(missing)} on PATH (CMake >= 3.18 with ctest and "
-                    "a C++17 compiler; e.g. apt-get install cmake g++ libpng-dev)", pytrace=False)
-    HOST_BUILD.mkdir(parents=True, exist_ok=True)
-    _run(["cmake", "-S", str(REPO), "-B", str(HOST_BUILD), "-DCMAKE_BUILD_TYPE=Release",
-          f"-DORT3D_PYTHON={sys.executable}"], REPO, "configuring the C++ host (CMake)")
-    _run(["cmake", "--build", str(HOST_BUILD), "-j", str(os.cpu_count() or 2)], REPO,
-         "building the C++ host")
+    try:
+        summary = build_host(HOST_BUILD, sys.executable)
+    except HostCheckError as err:
+        pytest.fail(str(err), pytrace=False)
     return SimpleNamespace(dir=HOST_BUILD, host=HOST_BUILD / "ort3d-host",
-                           tests=HOST_BUILD / "ort3d_host_tests")
+                           tests=HOST_BUILD / "ort3d_host_tests", summary=summary)
 
 
 @pytest.fixture(scope="session")
