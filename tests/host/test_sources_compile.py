@@ -1,4 +1,5 @@
-"""The host's CUDA-only sources compile here, without a GPU or a CUDA build of libtorch.
+"""Host sources that the CPU build never compiles compile here: the CUDA-only sources, without a
+GPU or a CUDA build of libtorch, and the example programs of the README and docs/cpp-host.md.
 
 `cuda_graph_loop.cpp` (the loop as CUDA graphs) is built only against a CUDA libtorch and
 `tensorrt_network.cpp` only when CMake finds TensorRT, so the CPU build of tests/host never sees
@@ -44,17 +45,31 @@ def _tensorrt_include() -> Path | None:
     return None
 
 
+def _compile_command(compiler, defines=(), includes=()) -> list[str]:
+    from torch.utils.cpp_extension import include_paths
+
+    return [compiler, "-std=c++17", "-fsyntax-only", "-Wall", "-Wextra", "-Werror",
+            f'-DORT3D_VERSION="{_ort3d_version()}"',
+            # the CPU wheel lacks CUDA's generated macro header; its content only matters on Windows
+            "-DC10_CUDA_NO_CMAKE_CONFIGURE_FILE",
+            *(f"-D{d}" for d in defines), f"-I{HOST / 'include'}", f"-I{HOST / 'src'}",
+            *(f"-isystem{p}" for p in [*include_paths(), *includes])]
+
+
+def _compiler() -> str:
+    compiler = shutil.which("c++")
+    if compiler is None:
+        pytest.fail("no C++ compiler on PATH (c++): the host is part of what ort3d ships", pytrace=False)
+    return compiler
+
+
 def _ort3d_version() -> str:
     return re.search(r'^__version__ = "([^"]+)"', (REPO / "models" / "version.py").read_text(), re.M)[1]
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_cuda_sources_compile(variant):
-    from torch.utils.cpp_extension import include_paths
-
-    compiler = shutil.which("c++")
-    if compiler is None:
-        pytest.fail("no C++ compiler on PATH (c++): the host is part of what ort3d ships", pytrace=False)
+    compiler = _compiler()
     cuda = _cuda_include()
     if cuda is None:
         pytest.skip("the CUDA toolkit's headers (cuda_runtime_api.h) are not on this machine")
@@ -65,12 +80,7 @@ def test_cuda_sources_compile(variant):
             pytest.skip("TensorRT's headers (NvInferRuntime.h) are not on this machine; set TENSORRT_ROOT")
         includes.append(tensorrt)
     sources, defines = VARIANTS[variant]
-    command = [compiler, "-std=c++17", "-fsyntax-only", "-Wall", "-Wextra", "-Werror",
-               f'-DORT3D_VERSION="{_ort3d_version()}"',
-               # the CPU wheel lacks CUDA's generated macro header; its content only matters on Windows
-               "-DC10_CUDA_NO_CMAKE_CONFIGURE_FILE",
-               *(f"-D{d}" for d in defines), f"-I{HOST / 'include'}", f"-I{HOST / 'src'}",
-               *(f"-isystem{p}" for p in [*include_paths(), *includes])]
+    command = _compile_command(compiler, defines, includes)
 
     def check(source):
         return subprocess.run([*command, str(HOST / "src" / source)], capture_output=True, text=True,
@@ -80,3 +90,16 @@ def test_cuda_sources_compile(variant):
         results = list(pool.map(check, sources))
     for source, result in zip(sources, results):
         assert result.returncode == 0, f"{source} ({variant}):\n{result.stderr[-4000:]}"
+
+
+@pytest.mark.parametrize("document", ["README.md", "docs/cpp-host.md"])
+def test_documented_example_compiles(document, tmp_path):
+    """The C++ example a user copies first (the one ```cpp block of the document) compiles
+    against the public header."""
+    blocks = re.findall(r"```cpp\n(.*?)```", (REPO / document).read_text(), re.S)
+    assert len(blocks) == 1, f"{document}: expected one C++ example, found {len(blocks)}"
+    example = tmp_path / "example.cpp"
+    example.write_text(blocks[0])
+    result = subprocess.run([*_compile_command(_compiler()), str(example)], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, f"{document}:\n{result.stderr[-4000:]}"
