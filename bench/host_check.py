@@ -242,8 +242,9 @@ def main(argv=None) -> int:
             capture = f", capture {entry['capture_s']:.3f} s" if entry["capture_s"] is not None else ""
             say(f"{name}: first image {entry['first_image_s']:.3f} s{capture}; later images median "
                 f"{entry['later_images_s']['median']:.3f} s ({entry['later_images_s']['min']:.3f}-"
-                f"{entry['later_images_s']['max']:.3f}); loop {'/'.join(entry['loop'])}; vs ort3d-run aoti: "
-                f"Gaussians {against['gaussians_relative']:.2e} relative, views {against['views_psnr_db']:.1f} dB"
+                f"{entry['later_images_s']['max']:.3f}); loop {'/'.join(entry['loop'])}; vs ort3d-run "
+                f"aoti: Gaussians {against['gaussians_relative']:.2e} relative, "
+                f"views {against['views_psnr_db']:.1f} dB"
                 + ("" if not judged else " (ok)" if passed else " (OUTSIDE TOLERANCE)"))
     except HostCheckError as err:
         report["failures"].append(str(err))

@@ -121,8 +121,9 @@ Host::Host(const std::string& engines, const HostOptions& options) : state_(std:
 #endif
   if (request.format == EngineFormat::TensorRT && !request.tensorrt) {
     throw InputError(std::string("--format tensorrt: ") +
-                     (st.device.is_cuda() ? "this ort3d_host was built without TensorRT (see docs/cpp-host.md#tensorrt)"
-                                          : "TensorRT engines run on --device cuda"));
+                     (st.device.is_cuda()
+                          ? "this ort3d_host was built without TensorRT (see docs/cpp-host.md#tensorrt)"
+                          : "TensorRT engines run on --device cuda"));
   }
   st.manifest = read_manifest(engines, request);
   for (const std::string& name : kHostNetworks) {

@@ -2,6 +2,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <regex>
 #include <sstream>
 #include <stdexcept>
@@ -177,31 +178,40 @@ std::string checked_file(const Reader& reader, const fs::path& dir, const Value&
   return fs::absolute(path).string();
 }
 
+// A network's entry of `kind` ("aoti" or "engine") at `field`; `missing`: why its absence matters.
+const Value& artefact(const Reader& reader, const Value& network, const std::string& kind,
+                      const std::string& field, const std::string& missing) {
+  const Value* entry = network.find(kind);
+  if (entry == nullptr || entry->type == Type::Null) reader.fail(field, missing);
+  if (entry->type != Type::Object) reader.fail(field, "is not an object");
+  return *entry;
+}
+
+// Every (item, value) must be the entry key's; `differs`: what the refusal says after the values.
+void check_key(const Reader& reader, const Value& entry, const std::string& field,
+               const std::vector<std::pair<std::string, std::string>>& wanted,
+               const std::function<std::string(const std::string&)>& differs) {
+  const Value& key = reader.get(entry, field, "key", Type::Object);
+  for (const auto& [item, want] : wanted) {
+    std::string got = reader.string(key, field + ".key", item);
+    if (item == "torch_version") got = got.substr(0, got.find('+'));  // "2.13.0+cpu": the release
+    if (got != want) reader.fail(field + ".key." + item, "is \"" + got + "\" but " + differs(want));
+  }
+}
+
 // A network's AOTInductor package (check_aoti_set): compiled by this ort3d, for this device, by
 // this torch release.
 std::string checked_package(const Reader& reader, const fs::path& dir, const Value& network,
                             const std::string& name, const ManifestRequest& request) {
-  const std::string pfield = "networks." + name + ".aoti";
-  const Value* package = network.find("aoti");
-  if (package == nullptr || package->type == Type::Null) {
-    reader.fail(pfield, "is missing: no AOTInductor package was built for \"" + name +
-                            "\"; rebuild the set with --formats aoti");
-  }
-  if (package->type != Type::Object) reader.fail(pfield, "is not an object");
-  const Value& key = reader.get(*package, pfield, "key", Type::Object);
-  const std::string kfield = pfield + ".key";
+  const std::string field = "networks." + name + ".aoti";
+  const Value& package = artefact(reader, network, "aoti", field,
+                                  "is missing: no AOTInductor package was built for \"" + name +
+                                      "\"; rebuild the set with --formats aoti");
   const std::string torch_release = request.torch_version.substr(0, request.torch_version.find('+'));
-  const std::pair<const char*, std::string> wanted[] = {
-      {"ort3d_version", ORT3D_VERSION}, {"device", request.device}, {"torch_version", torch_release}};
-  for (const auto& [item, want] : wanted) {
-    std::string got = reader.string(key, kfield, item);
-    if (std::string(item) == "torch_version") got = got.substr(0, got.find('+'));
-    if (got != want) {
-      reader.fail(kfield + "." + item, "is \"" + got + "\" but this host needs \"" + want +
-                                           "\"; rebuild the set here");
-    }
-  }
-  return checked_file(reader, dir, *package, pfield, request.verify_hashes);
+  check_key(reader, package, field,
+            {{"ort3d_version", ORT3D_VERSION}, {"device", request.device}, {"torch_version", torch_release}},
+            [](const std::string& want) { return "this host needs \"" + want + "\"; rebuild the set here"; });
+  return checked_file(reader, dir, package, field, request.verify_hashes);
 }
 
 // A network's TensorRT plan (check_engine_set): built by this ort3d, by this TensorRT version,
@@ -209,30 +219,18 @@ std::string checked_package(const Reader& reader, const fs::path& dir, const Val
 std::string checked_engine(const Reader& reader, const fs::path& dir, const Value& network,
                            const std::string& name, const TensorRTIdentity& identity,
                            bool verify_hashes) {
-  const std::string efield = "networks." + name + ".engine";
-  const Value* engine = network.find("engine");
-  if (engine == nullptr || engine->type == Type::Null) {
-    reader.fail(efield, "is null: no TensorRT engine was built for \"" + name +
-                            "\" (ONNX only); build on a host with TensorRT");
-  }
-  if (engine->type != Type::Object) reader.fail(efield, "is not an object");
-  const Value& key = reader.get(*engine, efield, "key", Type::Object);
-  const std::string kfield = efield + ".key";
-  const std::string version = reader.string(key, kfield, "ort3d_version");
-  if (version != ORT3D_VERSION) {
-    reader.fail(kfield + ".ort3d_version", "is \"" + version + "\" but this is ort3d " ORT3D_VERSION);
-  }
-  const std::pair<const char*, std::string> wanted[] = {{"tensorrt_version", identity.version},
-                                                        {"gpu_name", identity.gpu_name},
-                                                        {"compute_capability", identity.compute_capability}};
-  for (const auto& [item, want] : wanted) {
-    const std::string got = reader.string(key, kfield, item);
-    if (got != want) {
-      reader.fail(kfield + "." + item, "is \"" + got + "\" but this host has \"" + want +
-                                           "\"; rebuild the engines here");
-    }
-  }
-  return checked_file(reader, dir, *engine, efield, verify_hashes);
+  const std::string field = "networks." + name + ".engine";
+  const Value& engine = artefact(reader, network, "engine", field,
+                                 "is null: no TensorRT engine was built for \"" + name +
+                                     "\" (ONNX only); build on a host with TensorRT");
+  check_key(reader, engine, field, {{"ort3d_version", ORT3D_VERSION}},
+            [](const std::string&) { return std::string("this is ort3d " ORT3D_VERSION); });
+  check_key(reader, engine, field,
+            {{"tensorrt_version", identity.version},
+             {"gpu_name", identity.gpu_name},
+             {"compute_capability", identity.compute_capability}},
+            [](const std::string& want) { return "this host has \"" + want + "\"; rebuild the engines here"; });
+  return checked_file(reader, dir, engine, field, verify_hashes);
 }
 
 // The format of the six networks: as asked, or (not asked) TensorRT when this process can run it

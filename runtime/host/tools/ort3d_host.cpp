@@ -120,8 +120,8 @@ int main(int argc, char** argv) {
       const auto stem = (std::filesystem::path(args.out) / std::filesystem::path(path).stem()).string();
       ort3d::write_views_png(stem + "_views.png", result);
       const int written = ort3d::write_ply(stem + ".ply", result.gaussians, args.ply_raw);
-      std::cout << std::fixed << std::setprecision(3) << path << ": " << stem << "_views.png, " << stem << ".ply (" << written
-                << " Gaussians; mask: " << result.background << "; " << host.format() << ", "
+      std::cout << std::fixed << std::setprecision(3) << path << ": " << stem << "_views.png, " << stem
+                << ".ply (" << written << " Gaussians; mask: " << result.background << "; " << host.format() << ", "
                 << args.run.steps << " steps " << result.loop << ", " << seconds << " s";
       if (result.loop == "captured") std::cout << ", capture " << result.capture_seconds << " s";
       std::cout << ")\n";
