@@ -1,4 +1,4 @@
-// One engine of a set behind one call, whatever its format (docs/cpp-host.md#engine-formats):
+// One engine of a set behind one call, whatever its format (docs/cpp-host.md#engine-formats-and-where-each-runs):
 // float32 tensors in, in the manifest's input order, float32 tensors out, in its output order.
 #pragma once
 
@@ -17,9 +17,10 @@ using Tensors = std::vector<torch::Tensor>;
 class Network {
  public:
   virtual ~Network() = default;
-  // Every call is ordered on the current stream with no host synchronisation (on CUDA a step can
-  // be captured in a CUDA graph). The outputs may be buffers the network reuses: they hold until
-  // its next call.
+  // Every call is ordered on the current stream. It synchronises with the host only where the
+  // engine's own control flow reads the device (the feedback package's while_loop), so the other
+  // networks' calls can be captured in a CUDA graph. The outputs may be buffers the network
+  // reuses: they hold until its next call.
   virtual Tensors run(const Tensors& inputs) = 0;
 };
 
