@@ -31,6 +31,7 @@ class OrtNetworks(ExportedNetworks):
         # Everything is checked from the manifest and sha256s before ONNX Runtime sees a file.
         check_onnx_set(manifest, directory, NETWORK_NAMES, verify_hashes)
         super().__init__(directory, manifest, preset, temporal_context)
+        self._follow_precision("onnx")      # a TensorRT-built folder holds fp16 graphs
         self.device = torch.device(device)
         self.providers = providers or default_providers(str(self.device))
         self.sessions = {

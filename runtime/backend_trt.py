@@ -55,9 +55,7 @@ class TrtNetworks(ExportedNetworks):
         identity = host_identity(self.device.index or 0)
         check_engine_set(manifest, directory, NETWORK_NAMES, identity, verify_hashes)
         super().__init__(directory, manifest, preset, temporal_context)
-        # fp16 engines mirror the reference's fp16 autocast, so the CCM matmul follows it (Q5).
-        precisions = {manifest["networks"][n]["engine"]["precision"] for n in NETWORK_NAMES}
-        self.autocast_dtype = torch.float16 if "fp16" in precisions else None
+        self._follow_precision("engine")
 
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)

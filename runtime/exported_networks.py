@@ -58,6 +58,12 @@ class ExportedNetworks:
                     raise ExportError(f"{path}: field networks.{name}.options.{option} is "
                                       f"{entry['options'].get(option)!r}, this run needs {value!r}")
 
+    def _follow_precision(self, entry: str) -> None:
+        """fp16 graphs or engines (`entry`: "onnx" or "engine") mirror the reference's fp16
+        autocast, so the pipeline's CCM matmul follows it (docs/quirks.md#q5)."""
+        precisions = {self.manifest["networks"][n][entry]["precision"] for n in NETWORK_NAMES}
+        self.autocast_dtype = torch.float16 if "fp16" in precisions else None
+
     # ---------------------------------------------------------------- pipeline interface
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         return self.run("image_encoder", image=image)["image_embeds"].clone()

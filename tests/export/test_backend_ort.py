@@ -1,6 +1,8 @@
 """The `ort` backend (runtime/backend_ort.py) on the tiny graphs: the per-network interface, and
 the whole recursive loop against the eager backend with the same seed."""
 
+import json
+
 import numpy as np
 import torch
 from PIL import Image
@@ -27,6 +29,18 @@ def test_interface_shapes_and_schedule(tiny_artefacts, tiny_models):
     unet_in = specs["unet"].sample_inputs(2)
     out = nets.unet(unet_in["sample"], unet_in["timestep"][0], unet_in["added_time_ids"], features)
     assert out.shape == (2, 8, 4, 16, 16) and torch.isfinite(out).all()
+
+
+def test_ccm_follows_the_graphs_precision(tiny_artefacts, artefact_copy):
+    """fp32 graphs: the CCM in fp32. A folder whose graphs were exported in fp16 for TensorRT:
+    the CCM follows the fp16 autocast they mirror (docs/quirks.md#q5), as the trt backend's does.
+    (The stand-in marks the fp32 graphs fp16: the mapping reads the manifest, not the graphs.)"""
+    assert OrtNetworks(tiny_artefacts.dir).autocast_dtype is None
+    path = artefact_copy / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["networks"]["unet"]["onnx"]["precision"] = "fp16"
+    path.write_text(json.dumps(manifest))
+    assert OrtNetworks(artefact_copy).autocast_dtype == torch.float16
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
