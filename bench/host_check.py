@@ -2,6 +2,7 @@
 
     python bench/host_check.py --device cuda          # on a GPU host (bench/README.md)
     python bench/host_check.py --device cpu           # here: the same steps on the CPU
+    python bench/host_check.py --device cpu --prepare # only build the host and the engine set
 
 Builds the host with CMake against this interpreter's torch (a CUDA wheel gives the CUDA build,
 with TensorRT when CMake finds it), builds the tiny preset's engine set for the device
@@ -148,6 +149,9 @@ def main(argv=None) -> int:
     p.add_argument("--build", type=Path, default=REPO / "build" / "host",
                    help="the host's build folder (default build/host, as tests/host)")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    p.add_argument("--prepare", action="store_true",
+                   help="only build (or bring up to date) the host and the engine set, then exit "
+                        "(tests/host starts this in the background while other tests run)")
     args = p.parse_args(argv)
     if args.images < 2 or args.steps < 2:
         print("host_check: --images and --steps must be at least 2", file=sys.stderr)
@@ -184,6 +188,8 @@ def main(argv=None) -> int:
         say(f"engines: {','.join(engines['formats'])} in {engines['folder']} "
             f"({time.perf_counter() - started:.0f} s); TensorRT: "
             f"{'plans built' if engines['tensorrt_plans'] else engines['tensorrt_missing']}")
+        if args.prepare:
+            return 0
         images = []
         for i in range(args.images):
             images.append(work / "inputs" / f"image{i}.png")
