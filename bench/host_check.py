@@ -212,7 +212,7 @@ def main(argv=None) -> int:
         started = time.perf_counter()
         folder = REPO / "build" / "host-engines" / ("tiny" if args.device == "cpu" else f"tiny-{args.device}")
         report["engines"] = engines = build_engines(folder, args.device)
-        say(f"engines: {','.join(engines['formats'])} in {engines['folder']} "
+        say(f"engines: {','.join(engines['formats'])} in {Path(engines['folder']).relative_to(REPO)} "
             f"({time.perf_counter() - started:.0f} s); TensorRT: "
             f"{'plans built' if engines['tensorrt_plans'] else engines['tensorrt_missing']}")
         if args.prepare:
