@@ -115,9 +115,8 @@ std::map<std::string, std::string> read_settings(const fs::path& path) {
   return settings;
 }
 
-// The reader's request for a case: this host's CPU defaults, changed by request.txt.
-ort3d::ManifestRequest read_request(const fs::path& dir) {
-  auto settings = read_settings(dir / "request.txt");
+// The reader's request for a case: this host's CPU defaults, changed by its request.txt settings.
+ort3d::ManifestRequest read_request(std::map<std::string, std::string> settings) {
   ort3d::ManifestRequest request;
   request.device = settings.count("device") ? settings["device"] : "cpu";
   request.torch_version = TORCH_VERSION;
@@ -144,11 +143,12 @@ int test_manifest(const fs::path& cases) {
   check(!dirs.empty(), "at least one manifest case");
   for (const fs::path& dir : dirs) {
     const std::string expect = read_text(dir / "expect.txt");
+    auto settings = read_settings(dir / "request.txt");
     std::string error;
     try {
-      const ort3d::Manifest m = ort3d::read_manifest(dir.string(), read_request(dir));
+      const ort3d::Manifest m = ort3d::read_manifest(dir.string(), read_request(settings));
       check(m.networks.size() == ort3d::kHostNetworks.size(), dir.filename().string() + ": all networks read");
-      const std::string format = read_settings(dir / "request.txt")["expect_format"];
+      const std::string format = settings["expect_format"];
       check(format.empty() || format == ort3d::format_name(m.format),
             dir.filename().string() + ": read as " + ort3d::format_name(m.format) + ", expected " + format);
     } catch (const ort3d::InputError& err) {
