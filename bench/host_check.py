@@ -110,9 +110,9 @@ def finite(value):
     return None if isinstance(value, float) and not np.isfinite(value) else value
 
 
-def build_engines(folder: Path, device: str) -> dict:
+def build_engines(folder: Path, device: str) -> tuple[dict, object]:
     """The tiny preset's set for `device`, reused network by network through the content keys;
-    TensorRT plans too when TensorRT is importable here."""
+    TensorRT plans too when TensorRT is importable here. Returns (what was built, the models)."""
     import torch
 
     from ort3d.export.build import BuildOptions, build_artefacts
@@ -125,7 +125,7 @@ def build_engines(folder: Path, device: str) -> dict:
     models = build_models(TINY, device=torch.device(device), dtype=torch.float32)
     report = build_artefacts(models, folder, BuildOptions(formats=formats), log=lambda line: None)
     return {"folder": str(folder), "formats": list(formats), "tensorrt_plans": report.engines,
-            "tensorrt_missing": tensorrt_missing}
+            "tensorrt_missing": tensorrt_missing}, models
 
 
 def compare(out: Path, reference: Path, stem: str) -> dict:
@@ -211,7 +211,8 @@ def main(argv=None) -> int:
         say(f"build: {report['cmake']} ({time.perf_counter() - started:.0f} s)")
         started = time.perf_counter()
         folder = REPO / "build" / "host-engines" / ("tiny" if args.device == "cpu" else f"tiny-{args.device}")
-        report["engines"] = engines = build_engines(folder, args.device)
+        engines, _ = build_engines(folder, args.device)
+        report["engines"] = engines
         say(f"engines: {','.join(engines['formats'])} in {Path(engines['folder']).relative_to(REPO)} "
             f"({time.perf_counter() - started:.0f} s); TensorRT: "
             f"{'plans built' if engines['tensorrt_plans'] else engines['tensorrt_missing']}")

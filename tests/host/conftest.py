@@ -21,7 +21,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from host_check import HostCheckError, build_host
+from host_check import HostCheckError, build_engines, build_host
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -72,16 +72,7 @@ def host_build():
 
 @pytest.fixture(scope="session")
 def aoti_engines():
-    """The tiny preset's AOTInductor set (+ the ONNX graphs, for nothing but the same manifest a
-    user builds with --formats onnx,aoti: ONNX export is fast next to the AOTI compile)."""
-    import torch
-
-    from ort3d.export.build import BuildOptions, build_artefacts
-    from ort3d.models.checkpoint import build_models
-    from ort3d.models.presets import TINY
-
+    """The tiny preset's AOTInductor set, built (or reused) as bench/host_check.py builds it."""
     _wait_for_prepare()
-    models = build_models(TINY, device=torch.device("cpu"), dtype=torch.float32)
-    logs = []
-    report = build_artefacts(models, ENGINES, BuildOptions(formats=("aoti",)), log=logs.append)
-    return SimpleNamespace(dir=ENGINES, report=report, logs=logs, models=models)
+    _, models = build_engines(ENGINES, "cpu")
+    return SimpleNamespace(dir=ENGINES, models=models)
